@@ -1,0 +1,3 @@
+"""titan-ckpt."""
+
+__version__ = "0.1.0"

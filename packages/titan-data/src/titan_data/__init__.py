@@ -1,0 +1,3 @@
+"""titan-data."""
+
+__version__ = "0.1.0"

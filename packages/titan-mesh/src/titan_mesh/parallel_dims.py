@@ -1,0 +1,168 @@
+"""Parallelism degrees -> a validated layout -> a named DeviceMesh.
+
+Axis order, outermost first: pp, dp_replicate, dp_shard, cp, tp. TP is innermost so that its
+frequent, latency-bound collectives stay inside a node; PP is outermost because it only sends
+activations point-to-point and tolerates slow links.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+MESH_DIM_ORDER = ("pp", "dp_replicate", "dp_shard", "cp", "tp")
+
+# Flattened views over several axes, each for one job:
+#   dp          -> data loading: every rank of (replicate x shard) reads different data
+#   dp_shard_cp -> FSDP: parameters are sharded over shard and context-parallel ranks
+#   dp_cp       -> loss and metric averaging: all ranks that see different tokens
+FLATTENED_VIEWS = {
+    "dp": ("dp_replicate", "dp_shard"),
+    "dp_shard_cp": ("dp_shard", "cp"),
+    "dp_cp": ("dp_replicate", "dp_shard", "cp"),
+}
+
+
+class ParallelDimsError(ValueError):
+    """A parallel layout that cannot be built (the message names degrees and world size)."""
+
+
+@dataclass
+class ParallelDims:
+    """Degrees of each parallelism axis. Exactly one degree may be -1: it takes what is left.
+
+    >>> ParallelDims(dp_shard=-1, tp=2, world_size=8).dp_shard
+    4
+    """
+
+    dp_replicate: int = 1
+    dp_shard: int = -1
+    cp: int = 1
+    tp: int = 1
+    pp: int = 1
+    world_size: int = 1
+    # Filled by build_mesh: the world mesh and every dim and flattened view by name. Torch asks
+    # callers to keep flattened meshes themselves rather than slice them from the root mesh.
+    _meshes: dict[str, DeviceMesh] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    def _degrees(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init and f.name != "world_size"}
+
+    def _describe(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self._degrees().items())
+
+    def _validate(self) -> None:
+        if not isinstance(self.world_size, int) or self.world_size < 1:
+            raise ParallelDimsError(f"world_size must be a positive integer, got {self.world_size!r}")
+        degrees = self._degrees()
+        for name, value in degrees.items():
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ParallelDimsError(f"degree {name} must be an integer, got {value!r}")
+            if value == 0 or value < -1:
+                raise ParallelDimsError(
+                    f"degree {name}={value} is invalid: use a positive integer, or -1 for "
+                    f"'all remaining ranks' ({self._describe()}; world size {self.world_size})"
+                )
+        inferred = [name for name, value in degrees.items() if value == -1]
+        if len(inferred) > 1:
+            raise ParallelDimsError(
+                f"only one degree may be -1, got {', '.join(inferred)} "
+                f"({self._describe()}; world size {self.world_size})"
+            )
+        known = math.prod(v for v in degrees.values() if v != -1)
+        if inferred:
+            if self.world_size % known != 0:
+                raise ParallelDimsError(
+                    f"cannot infer {inferred[0]}: the other degrees multiply to {known}, which "
+                    f"does not divide the world size {self.world_size} ({self._describe()})"
+                )
+            setattr(self, inferred[0], self.world_size // known)
+        elif known != self.world_size:
+            product = " x ".join(f"{k}={v}" for k, v in degrees.items())
+            raise ParallelDimsError(
+                f"parallel degrees {product} = {known} do not match the world size "
+                f"{self.world_size}; set one degree to -1 to infer it"
+            )
+
+    # Which axes are on.
+    @property
+    def dp_replicate_enabled(self) -> bool:
+        return self.dp_replicate > 1
+
+    @property
+    def dp_shard_enabled(self) -> bool:
+        return self.dp_shard > 1
+
+    @property
+    def dp_enabled(self) -> bool:
+        return self.dp_replicate > 1 or self.dp_shard > 1
+
+    @property
+    def fsdp_enabled(self) -> bool:
+        return self.dp_shard > 1 or self.cp > 1
+
+    @property
+    def cp_enabled(self) -> bool:
+        return self.cp > 1
+
+    @property
+    def tp_enabled(self) -> bool:
+        return self.tp > 1
+
+    @property
+    def pp_enabled(self) -> bool:
+        return self.pp > 1
+
+    @property
+    def dp_degree(self) -> int:
+        """Ranks that read different data (replicate x shard)."""
+        return self.dp_replicate * self.dp_shard
+
+    @property
+    def non_data_parallel_size(self) -> int:
+        return self.cp * self.tp * self.pp
+
+    def enabled_dims(self) -> list[tuple[str, int]]:
+        """(name, degree) of the axes with degree > 1, outermost first."""
+        return [(n, getattr(self, n)) for n in MESH_DIM_ORDER if getattr(self, n) > 1]
+
+    def build_mesh(self, device_type: str = "cpu") -> DeviceMesh:
+        """A DeviceMesh with one named dim per enabled axis, plus the flattened views.
+
+        Needs an initialized default process group of `world_size` ranks. With no axis enabled
+        (one rank) the mesh has a single `dp_shard` dim of size 1, so FSDP-style mixed precision
+        still applies on one device.
+        """
+        dims = self.enabled_dims() or [("dp_shard", 1)]
+        names = tuple(n for n, _ in dims)
+        mesh = init_device_mesh(device_type, tuple(d for _, d in dims), mesh_dim_names=names)
+        meshes = {"world": mesh, **{n: mesh[n] for n in names}}
+        for view, parts in FLATTENED_VIEWS.items():
+            present = tuple(p for p in parts if p in names)
+            if present:
+                meshes[view] = mesh[present]._flatten(view)
+        self._meshes = meshes
+        return mesh
+
+    def get_mesh(self, name: str) -> DeviceMesh | None:
+        """A dim ("tp", ...), a flattened view ("dp", "dp_shard_cp", "dp_cp") or "world", from the
+        last build_mesh; None when that axis is not enabled."""
+        if not self._meshes:
+            raise RuntimeError("call build_mesh(device_type) before get_mesh()")
+        known = ("world", *MESH_DIM_ORDER, *FLATTENED_VIEWS)
+        if name not in known:
+            raise KeyError(f"unknown mesh name {name!r}; known: {', '.join(known)}")
+        return self._meshes.get(name)
+
+
+def get_submesh(mesh: DeviceMesh | None, name: str) -> DeviceMesh | None:
+    """`mesh[name]` for a named dim of `mesh`, or None when that dim is absent (or mesh is None).
+    For flattened views use ParallelDims.get_mesh."""
+    if mesh is None or name not in (mesh.mesh_dim_names or ()):
+        return None
+    return mesh[name]

@@ -1,0 +1,75 @@
+"""A real 4-process gloo run: a 2 x 2 (dp_replicate x dp_shard) and a (dp_shard x tp) mesh."""
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from titan_mesh import ParallelDims, dist_max, dist_mean, dist_sum, get_submesh, set_determinism
+from titan_mesh.testing import DistributedPool, RemoteError
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with DistributedPool(world_size=4) as p:
+        yield p
+
+
+def _hsdp_views():
+    rank = dist.get_rank()
+    pd = ParallelDims(dp_replicate=2, dp_shard=2, world_size=4)
+    mesh = pd.build_mesh("cpu")
+    out = {}
+    for view in ("dp_replicate", "dp_shard", "dp", "dp_shard_cp", "dp_cp"):
+        sub = pd.get_mesh(view)
+        t = torch.tensor([float(rank)])
+        dist.all_reduce(t, group=sub.get_group())
+        out[view] = (sub.mesh.tolist(), t.item())
+    out["mean"] = dist_mean(torch.tensor(float(rank)), mesh)
+    out["max"] = dist_max(float(rank), mesh["dp_shard"])
+    out["sum"] = dist_sum(1.0, pd.get_mesh("dp"))
+    return out
+
+
+def test_flattened_views_reduce_over_the_right_ranks(pool):
+    res = pool.run(_hsdp_views)
+    # rank r = 2 * replicate + shard
+    assert res[0]["dp_shard"] == ([0, 1], 1.0) and res[3]["dp_shard"] == ([2, 3], 5.0)
+    assert res[1]["dp_replicate"] == ([1, 3], 4.0)
+    for r in range(4):
+        assert res[r]["dp"] == ([0, 1, 2, 3], 6.0)
+        assert res[r]["dp_shard_cp"] == res[r]["dp_shard"]  # no cp: FSDP group == shard group
+        assert res[r]["dp_cp"] == res[r]["dp"]
+        assert res[r]["mean"] == 1.5 and res[r]["sum"] == 4.0
+    assert [res[r]["max"] for r in range(4)] == [1.0, 1.0, 3.0, 3.0]
+
+
+def _tp_mesh_and_seed():
+    mesh = ParallelDims(dp_shard=2, tp=2, world_size=4).build_mesh("cpu")
+    assert get_submesh(mesh, "dp_replicate") is None and get_submesh(mesh, "cp") is None
+    same = set_determinism(1234, mesh=mesh)
+    a = torch.rand(3).tolist()
+    set_determinism(1234, mesh=mesh, distinct_along=("tp",))
+    b = torch.rand(3).tolist()
+    drawn = set_determinism(None, mesh=mesh)  # drawn on rank 0, broadcast
+    return mesh["tp"].mesh.tolist(), same, a, b, drawn
+
+
+def test_tp_innermost_and_seeding(pool):
+    res = pool.run(_tp_mesh_and_seed)
+    assert [r[0] for r in res] == [[0, 1], [0, 1], [2, 3], [2, 3]]
+    assert all(r[1] == 1234 for r in res)
+    assert all(r[2] == res[0][2] for r in res)  # same seed everywhere by default
+    assert res[0][3] == res[2][3] and res[0][3] != res[1][3]  # distinct along tp only
+    assert len({r[4] for r in res}) == 1
+
+
+def _fails_on_rank_one():
+    if dist.get_rank() == 1:
+        raise ValueError("boom on one rank")
+    return dist.get_rank()
+
+
+def test_pool_reports_a_rank_failure_and_recovers(pool):
+    with pytest.raises(RemoteError, match="(?s)rank 1: .*boom on one rank"):
+        pool.run(_fails_on_rank_one)
+    assert pool.run(dist.get_world_size) == [4, 4, 4, 4]

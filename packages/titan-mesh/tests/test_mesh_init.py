@@ -1,0 +1,34 @@
+import subprocess
+import sys
+
+import pytest
+import torch.distributed as dist
+
+from titan_mesh import LaunchEnvError, init_distributed
+
+
+def test_single_process_needs_no_group():
+    info = init_distributed(device_type="cpu", env={})
+    assert (info.rank, info.world_size, info.backend) == (0, 1, None) and info.is_main
+    assert not dist.is_initialized()
+
+
+def test_single_process_group_on_request():
+    code = (
+        "import torch.distributed as dist; from titan_mesh import init_distributed, ParallelDims;"
+        "i = init_distributed(device_type='cpu', single_process_group=True, env={});"
+        "m = ParallelDims(world_size=1).build_mesh('cpu');"
+        "print(i.backend, dist.get_world_size(), m.mesh_dim_names)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "gloo 1 ('dp_shard',)"
+
+
+def test_cuda_without_gpu_is_a_clear_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("has a GPU")
+    with pytest.raises(LaunchEnvError, match="no CUDA device is visible"):
+        init_distributed(device_type="cuda", env={})

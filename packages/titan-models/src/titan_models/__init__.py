@@ -1,0 +1,3 @@
+"""titan-models."""
+
+__version__ = "0.1.0"

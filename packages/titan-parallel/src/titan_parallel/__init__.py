@@ -1,0 +1,3 @@
+"""titan-parallel."""
+
+__version__ = "0.1.0"

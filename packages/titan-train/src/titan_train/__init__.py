@@ -1,0 +1,3 @@
+"""titan-train."""
+
+__version__ = "0.1.0"

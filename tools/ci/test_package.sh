@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Test one package in isolation: build its wheel (and its sibling dependencies' wheels), install
+# them into a fresh venv with nothing else but what they declare (their `test` extra included),
+# and run the package's tests against the installed wheel, never the source tree.
+#   usage: tools/ci/test_package.sh titan-mesh [pytest args...]
+set -euo pipefail
+name=${1:?usage: tools/ci/test_package.sh titan-NAME [pytest args]}; shift
+root=$(cd "$(dirname "$0")/../.." && pwd)
+pkg="$root/packages/$name"
+[ -f "$pkg/pyproject.toml" ] || { echo "no package at $pkg" >&2; exit 2; }
+work="$root/.ci-work/isolated/$name"
+rm -rf "$work"; mkdir -p "$work/dist"
+py=${PYTHON:-python3}
+
+# The package and, recursively, the titan-* packages it (or its test extra) depends on.
+closure=$("$py" "$root/tools/ci/sibling_closure.py" "$root/packages" "$name")
+echo "-- $name: building wheels for: $closure"
+"$py" -m venv "$work/build-env"
+"$work/build-env/bin/pip" install -q build hatchling >/dev/null
+for dep in $closure; do
+  "$work/build-env/bin/python" -m build -q --wheel --no-isolation --outdir "$work/dist" "$root/packages/$dep" >/dev/null
+done
+
+"$py" -m venv "$work/venv"
+wheels=()
+for dep in $closure; do
+  whl=$(ls "$work/dist/${dep//-/_}"-*.whl)
+  if [ "$dep" = "$name" ]; then wheels+=("$whl[test]"); else wheels+=("$whl"); fi
+done
+"$work/venv/bin/pip" install -q "${wheels[@]}" 2>&1 | grep -v "is ignored" || true
+"$work/venv/bin/pip" check
+
+mod=${name//-/_}
+where=$("$work/venv/bin/python" -c "import $mod, os; print(os.path.dirname($mod.__file__))")
+case "$where" in "$work"/venv/*) ;; *) echo "$mod imported from $where, not the wheel" >&2; exit 1;; esac
+echo "-- $name: testing the installed wheel ($where)"
+cd "$pkg"
+TIKTOKEN_CACHE_DIR="" OMP_NUM_THREADS=1 TORCHINDUCTOR_CACHE_DIR="$root/.inductor-cache" \
+  "$work/venv/bin/python" -m pytest -q -p no:cacheprovider tests "$@"
