@@ -7,6 +7,8 @@ activations point-to-point and tolerates slow links.
 
 from __future__ import annotations
 
+import warnings
+
 import math
 from dataclasses import dataclass, field, fields
 
@@ -149,6 +151,11 @@ class ParallelDims:
         self._meshes = meshes
         return mesh
 
+    @property
+    def has_mesh(self) -> bool:
+        """Whether build_mesh ran (a single process may train without any mesh)."""
+        return bool(self._meshes)
+
     def get_mesh(self, name: str) -> DeviceMesh | None:
         """A dim ("tp", ...), a flattened view ("dp", "dp_shard_cp", "dp_cp") or "world", from the
         last build_mesh; None when that axis is not enabled."""
@@ -158,6 +165,20 @@ class ParallelDims:
         if name not in known:
             raise KeyError(f"unknown mesh name {name!r}; known: {', '.join(known)}")
         return self._meshes.get(name)
+
+
+    def fsdp_mesh(self) -> DeviceMesh | None:
+        """The mesh FSDP shards over: `dp_shard_cp`, or 2-D (`dp_replicate`, `dp_shard_cp`) for HSDP;
+        None when there is nothing to shard or replicate over (see also `dp_replicate` alone: DDP)."""
+        shard = self.get_mesh("dp_shard_cp")
+        if self.get_mesh("dp_replicate") is None or shard is None:
+            return shard
+        if "hsdp" not in self._meshes:
+            with warnings.catch_warnings():
+                # torch asks callers to bookkeep flattened meshes; this cache is that bookkeeping.
+                warnings.filterwarnings("ignore", message=".*flattened dim from root mesh.*")
+                self._meshes["hsdp"] = self._meshes["world"]["dp_replicate", "dp_shard_cp"]
+        return self._meshes["hsdp"]
 
 
 def get_submesh(mesh: DeviceMesh | None, name: str) -> DeviceMesh | None:

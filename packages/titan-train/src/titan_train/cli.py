@@ -1,0 +1,96 @@
+"""`titan-train` / `python -m titan_train`: parse, check, build, train; user mistakes exit cleanly."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from titan_train.config import JobConfig, build_config, check_config, help_text, shipped_configs, to_toml
+from titan_train.errors import ConfigError
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Each package's error class for bad input: printed as one message, never as a traceback."""
+    import titan_ckpt
+    import titan_data
+    import titan_mesh
+    import titan_models
+    import titan_parallel
+
+    found = [ConfigError, titan_mesh.ParallelDimsError, titan_mesh.LaunchEnvError]
+    for module, name in ((titan_models, "ModelConfigError"), (titan_data, "DataError"),
+                         (titan_ckpt, "CheckpointError"), (titan_parallel, "ParallelConfigError")):
+        err = getattr(module, name, None)
+        if err is not None:
+            found.append(err)
+    return tuple(found)
+
+
+def _seed_checkpoint(cfg: JobConfig) -> None:
+    from titan_train.trainer.checkpointing import save_seed_checkpoint
+    from titan_train.trainer.setup import build_model_args, build_tokenizer_and_spec
+
+    if int(os.environ.get("WORLD_SIZE", "1")) != 1:
+        raise ConfigError("checkpoint.create_seed_checkpoint runs on one process: launch without torchrun")
+    from titan_mesh import ParallelDims, set_determinism
+
+    spec, tokenizer = build_tokenizer_and_spec(cfg)
+    args = build_model_args(cfg, spec, tokenizer.vocab_size, ParallelDims(world_size=1, dp_shard=1))
+    set_determinism(cfg.training.seed if cfg.training.seed is not None else 0)
+    print(f"seed checkpoint written to {save_seed_checkpoint(cfg, spec, args)}")
+
+
+def run_job(cfg: JobConfig) -> int:
+    from titan_train.trainer.build_run import build_run
+    from titan_train.trainer.checkpointing import attach  # noqa: F401  (import errors surface early)
+    from titan_train.trainer.loop import train
+    from titan_train.trainer.profiling import configure_flight_recorder
+
+    configure_flight_recorder(cfg)
+    run = build_run(cfg)
+    try:
+        step = train(run)
+    finally:
+        run.metrics.close()
+    run.metrics.log_text(f"done: step {step} of {cfg.training.steps}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(help_text(shipped_configs()))
+        return 0
+    print_only = "--print-config" in argv
+    argv = [a for a in argv if a != "--print-config"]
+    from titan_train.trainer.loop import TrainingDiverged
+
+    errors = user_error_types()
+    try:
+        cfg = build_config(argv)
+        check_config(cfg)
+        if print_only or cfg.job.print_config:
+            print(to_toml(cfg))
+            if print_only:
+                return 0
+        if cfg.checkpoint.create_seed_checkpoint:
+            _seed_checkpoint(cfg)
+            return 0
+        return run_job(cfg)
+    except errors as e:
+        print(f"titan-train: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    except TrainingDiverged as e:
+        print(f"titan-train: {e}", file=sys.stderr, flush=True)
+        return 3
+    except KeyboardInterrupt:
+        print("titan-train: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        from titan_mesh import destroy_distributed
+
+        destroy_distributed()
+
+
+def entry() -> None:
+    sys.exit(main())

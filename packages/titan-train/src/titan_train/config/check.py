@@ -1,0 +1,79 @@
+"""Checks that need only the config (no world size, no files): choices, ranges, combinations."""
+
+from __future__ import annotations
+
+from dataclasses import fields, is_dataclass
+from typing import Any
+
+from titan_train.config.fields import choices_of
+from titan_train.config.job_config import JobConfig
+from titan_train.errors import ConfigError
+
+CONVERTERS = ("quantize.linear.float8", "float8")
+
+
+def _check_choices(obj: Any, prefix: str) -> None:
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if is_dataclass(value):
+            _check_choices(value, f"{prefix}{f.name}.")
+            continue
+        choices = choices_of(f)
+        if choices and value not in choices:
+            raise ConfigError(f"{prefix}{f.name} = {value!r} is not allowed; choose one of: {', '.join(choices)}")
+
+
+def _at_least(key: str, value: int | float, low: int | float) -> None:
+    if value < low:
+        raise ConfigError(f"{key} = {value!r} must be >= {low}")
+
+
+def check_config(c: JobConfig) -> None:
+    """Raise ConfigError for any value that cannot work whatever the machine."""
+    _check_choices(c, "")
+    t, p = c.training, c.parallelism
+    for key, value in (("training.steps", t.steps), ("training.local_batch_size", t.local_batch_size),
+                       ("training.seq_len", t.seq_len), ("metrics.log_freq", c.metrics.log_freq),
+                       ("checkpoint.interval", c.checkpoint.interval), ("training.gc_freq", t.gc_freq),
+                       ("validation.freq", c.validation.freq),
+                       ("validation.local_batch_size", c.validation.local_batch_size),
+                       ("validation.seq_len", c.validation.seq_len),
+                       ("parallelism.pipeline_parallel_microbatch_size", p.pipeline_parallel_microbatch_size),
+                       ("profiling.profile_freq", c.profiling.profile_freq)):
+        _at_least(key, value, 1)
+    for key, value in (("parallelism.data_parallel_replicate_degree", p.data_parallel_replicate_degree),
+                       ("parallelism.tensor_parallel_degree", p.tensor_parallel_degree),
+                       ("parallelism.pipeline_parallel_degree", p.pipeline_parallel_degree),
+                       ("parallelism.context_parallel_degree", p.context_parallel_degree)):
+        _at_least(key, value, 1)
+    if p.data_parallel_shard_degree != -1:
+        _at_least("parallelism.data_parallel_shard_degree (or -1)", p.data_parallel_shard_degree, 1)
+    if t.global_batch_size != -1:
+        _at_least("training.global_batch_size (or -1)", t.global_batch_size, 1)
+    _at_least("optimizer.lr", c.optimizer.lr, 0.0)
+    _at_least("lr_scheduler.warmup_steps", c.lr_scheduler.warmup_steps, 0)
+    _at_least("training.max_norm", t.max_norm, 0.0)
+    _at_least("checkpoint.keep_latest_k", c.checkpoint.keep_latest_k, 0)
+    if not 0.0 <= c.lr_scheduler.min_lr_factor <= 1.0:
+        raise ConfigError(f"lr_scheduler.min_lr_factor = {c.lr_scheduler.min_lr_factor} must be within [0, 1]")
+    ratio = c.lr_scheduler.decay_ratio
+    if ratio is not None and not 0.0 < ratio <= 1.0:
+        raise ConfigError(f"lr_scheduler.decay_ratio = {ratio} must be within (0, 1], or unset")
+    opt = c.activation_checkpoint.selective_ac_option
+    if c.activation_checkpoint.mode == "selective" and opt != "op" and not (opt.isdigit() and int(opt) > 0):
+        raise ConfigError(f"activation_checkpoint.selective_ac_option = {opt!r}: use 'op' or a positive "
+                          "integer k (checkpoint every k-th block)")
+    for conv in c.model.converters:
+        if conv not in CONVERTERS:
+            raise ConfigError(f"model.converters: unknown converter {conv!r}; known: {CONVERTERS[0]}")
+    if c.model.attn_mask == "block_causal" and c.model.attn_backend != "flex":
+        raise ConfigError("model.attn_mask = 'block_causal' needs model.attn_backend = 'flex'")
+    unknown = set(c.checkpoint.exclude_from_loading) - {"model", "optimizer", "lr_scheduler", "dataloader",
+                                                         "train_state"}
+    if unknown:
+        raise ConfigError(f"checkpoint.exclude_from_loading: unknown part(s) {sorted(unknown)}; known: model, "
+                          "optimizer, lr_scheduler, dataloader, train_state")
+    if c.compile.enable:
+        bad = set(c.compile.components) - {"model", "loss"}
+        if bad:
+            raise ConfigError(f"compile.components: unknown {sorted(bad)}; known: model, loss")

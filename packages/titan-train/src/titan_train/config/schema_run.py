@@ -1,0 +1,89 @@
+"""Config sections about the run itself: job, model, optimizer, lr_scheduler, training, validation.
+
+Names follow torchtitan's (v0.2) wherever it has one, so its TOML files load unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from titan_train.config.fields import opt
+
+
+@dataclass
+class Job:
+    dump_folder: str = opt("./outputs", "folder for checkpoints, metrics.jsonl, TensorBoard and traces")
+    description: str = opt("Titan debug training", "free text shown at start-up")
+    config_file: str | None = opt(None, "the TOML file this config came from (set by --config)")
+    print_config: bool = opt(False, "print the resolved config at start-up")
+
+
+@dataclass
+class Model:
+    name: str = opt("llama3", "model family in titan-models' registry")
+    flavor: str = opt("debugmodel", "size within the family (debugmodel, 1B, 3B, 8B, 70B, 405B)")
+    hf_assets_path: str | None = opt(
+        None, "folder holding the tokenizer (tokenizer.model or tokenizer.json), as the download tool leaves it")
+    tokenizer_path: str | None = opt(
+        None, "tokenizer file or folder; overrides hf_assets_path; unset = the bundled 2048-id tokenizer")
+    converters: list[str] = opt([], "model conversions, e.g. [\"quantize.linear.float8\"] (needs titan-train[float8])")
+    vocab_size: int = opt(-1, "-1: the tokenizer's size; else this (must cover the tokenizer's ids)")
+    tie_embeddings: bool | None = opt(None, "share input and output embeddings; unset = the flavor's choice")
+    attn_backend: str = opt("sdpa", "attention kernel", choices=("sdpa", "flex"))
+    attn_mask: str = opt("causal", "causal, or block_causal: no attention across documents (needs flex)",
+                         choices=("causal", "block_causal"))
+    print_after_conversion: bool = opt(False, "print the model after float8 conversion")
+
+
+@dataclass
+class Optimizer:
+    name: str = opt("AdamW", "optimizer", choices=("AdamW", "Adam", "SGD"))
+    lr: float = opt(8e-4, "peak learning rate")
+    beta1: float = opt(0.9, "Adam beta1 (SGD: momentum)")
+    beta2: float = opt(0.95, "Adam beta2")
+    eps: float = opt(1e-8, "Adam epsilon")
+    weight_decay: float = opt(0.1, "decoupled weight decay; never applied to norms, biases or embeddings")
+    implementation: str = opt("fused", "optimizer kernel (fused falls back to foreach where unsupported)",
+                              choices=("fused", "foreach", "for-loop"))
+
+
+@dataclass
+class LRScheduler:
+    warmup_steps: int = opt(20, "linear warm-up steps (capped at training.steps)")
+    decay_ratio: float | None = opt(
+        None, "share of steps spent decaying at the end (WSD); unset = decay through all steps after warm-up")
+    decay_type: str = opt("linear", "decay shape after warm-up", choices=("linear", "sqrt", "cosine"))
+    min_lr_factor: float = opt(0.0, "the LR decays to lr * min_lr_factor")
+
+
+@dataclass
+class Training:
+    dataset: str = opt("bundled", "dataset name in titan-data's registry, or a local file/folder")
+    dataset_path: str | None = opt(None, "local path or hub name behind the dataset")
+    dataset_text_field: str = opt("text", "field holding the text in json/parquet/hub datasets")
+    local_batch_size: int = opt(8, "sequences per forward/backward on each data-parallel rank")
+    global_batch_size: int = opt(-1, "-1: local_batch_size x dp; larger = gradient accumulation")
+    seq_len: int = opt(256, "tokens per sequence")
+    max_norm: float = opt(1.0, "gradient clipping norm (0 = off)")
+    steps: int = opt(300, "optimizer steps to train")
+    stop_at_step: int = opt(-1, "end this run after this step with a full checkpoint (the LR schedule still "
+                                "spans `steps`); -1 = run to the end. For time-sliced jobs that resume")
+    mixed_precision_param: str = opt("bfloat16", "parameter dtype in forward/backward on GPU (CPU trains in float32)",
+                                     choices=("bfloat16", "float32"))
+    mixed_precision_reduce: str = opt("float32", "gradient reduction dtype", choices=("float32", "bfloat16"))
+    enable_cpu_offload: bool = opt(False, "FSDP CPU offload of parameters, gradients and optimizer state")
+    gc_freq: int = opt(50, "run Python's garbage collector every N steps (it is disabled in between)")
+    seed: int | None = opt(None, "random seed (unset: drawn on rank 0 and broadcast)")
+    deterministic: bool = opt(False, "use deterministic algorithms (slower; needs a seed)")
+    num_workers: int = opt(0, "data loader worker processes per rank")
+
+
+@dataclass
+class Validation:
+    enable: bool = opt(False, "evaluate on a validation set every `freq` steps")
+    dataset: str = opt("bundled", "validation dataset name or path")
+    dataset_path: str | None = opt(None, "local path or hub name behind the validation dataset")
+    local_batch_size: int = opt(8, "validation sequences per rank and step")
+    seq_len: int = opt(256, "validation sequence length")
+    freq: int = opt(100, "validate every N training steps")
+    steps: int = opt(10, "validation batches per evaluation (-1: the whole split)")

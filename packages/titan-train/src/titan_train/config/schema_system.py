@@ -1,0 +1,117 @@
+"""Config sections about how the run is laid out and observed: parallelism, AC, compile, float8,
+checkpointing, metrics, profiling, communication, memory estimation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from titan_train.config.fields import opt, sub
+
+PP_SCHEDULES = ("GPipe", "1F1B", "Interleaved1F1B", "LoopedBFS", "InterleavedZeroBubble",
+                "ZBVZeroBubble", "DualPipeV")
+
+
+@dataclass
+class Parallelism:
+    data_parallel_replicate_degree: int = opt(1, "HSDP/DDP replicas")
+    data_parallel_shard_degree: int = opt(-1, "FSDP shards (-1: whatever the other degrees leave)")
+    fsdp_reshard_after_forward: str = opt("default", "free gathered params after forward",
+                                          choices=("default", "always", "never"))
+    tensor_parallel_degree: int = opt(1, "tensor parallel ranks (inside a node)")
+    disable_loss_parallel: bool = opt(False, "gather logits instead of computing the loss on sharded vocab")
+    enable_async_tensor_parallel: bool = opt(False, "overlap TP collectives with matmuls (GPU + compile)")
+    pipeline_parallel_degree: int = opt(1, "pipeline stages across ranks")
+    pipeline_parallel_schedule: str = opt("1F1B", "pipeline schedule", choices=PP_SCHEDULES)
+    pipeline_parallel_microbatch_size: int = opt(1, "sequences per pipeline microbatch")
+    pipeline_parallel_layers_per_stage: int | None = opt(None, "layers per (virtual) stage; unset = balanced")
+    pipeline_parallel_split_points: list[str] = opt([], "module names where new stages begin, e.g. layers.4")
+    module_fqns_per_model_part: list[list[str]] | None = opt(None, "explicit module names for each stage")
+    context_parallel_degree: int = opt(1, "context parallel ranks (sequence sharding, GPU only)")
+    context_parallel_rotate_method: str = opt("allgather", "ring attention KV rotation; alltoall_heads = Ulysses",
+                                              choices=("allgather", "alltoall", "alltoall_heads"))
+
+
+@dataclass
+class ActivationCheckpoint:
+    mode: str = opt("none", "recompute activations in backward", choices=("none", "selective", "full"))
+    selective_ac_option: str = opt("op", "'op' (per-op save list) or an integer k (every k-th block)")
+
+
+@dataclass
+class Compile:
+    enable: bool = opt(False, "torch.compile each transformer block (and the loss)")
+    components: list[str] = opt(["model", "loss"], "what to compile: model, loss")
+    backend: str = opt("inductor", "torch.compile backend")
+
+
+@dataclass
+class Float8:
+    enable_fsdp_float8_all_gather: bool = opt(False, "all-gather FSDP params in float8 (tensorwise)")
+    precompute_float8_dynamic_scale_for_fsdp: bool = opt(False, "one amax all-reduce per step for all params")
+    recipe_name: str | None = opt(None, "None/tensorwise, rowwise or rowwise_with_gw_hp")
+    filter_fqns: list[str] = opt(["output"], "linears to keep in high precision (substrings; auto_filter_small_kn)")
+    emulate: bool = opt(False, "emulate float8 (CPU / old GPUs; for testing only)")
+
+
+@dataclass
+class Linear:
+    float8: Float8 = sub(Float8, "float8 training of linear layers through torchao")
+
+
+@dataclass
+class Quantize:
+    linear: Linear = sub(Linear, "quantized linear layers")
+
+
+@dataclass
+class Checkpoint:
+    enable: bool = opt(False, "save checkpoints and resume from the newest complete one")
+    folder: str = opt("checkpoint", "folder under job.dump_folder")
+    interval: int = opt(500, "save every N steps")
+    async_mode: str = opt("disabled", "save in the background", choices=("disabled", "async", "async_with_pinned_mem"))
+    keep_latest_k: int = opt(10, "keep the newest k checkpoints (0 = all)")
+    load_step: int = opt(-1, "load this step instead of the newest (-1 = newest)")
+    exclude_from_loading: list[str] = opt([], "parts not to load: model, optimizer, lr_scheduler, dataloader, train_state")
+    initial_load_path: str | None = opt(None, "checkpoint folder to start from when dump_folder has none")
+    initial_load_in_hf: bool = opt(False, "initial_load_path holds Hugging Face safetensors")
+    initial_load_model_only: bool = opt(True, "load only the model from initial_load_path")
+    last_save_model_only: bool = opt(True, "the final save holds only the model (in export_dtype)")
+    last_save_in_hf: bool = opt(False, "the final save is Hugging Face safetensors + config.json")
+    export_dtype: str = opt("float32", "dtype of the model-only final save", choices=("float32", "bfloat16", "float16"))
+    create_seed_checkpoint: bool = opt(False, "write step-0 weights on one process, then exit")
+    enable_first_step_checkpoint: bool = opt(False, "also save right after step 1")
+
+
+@dataclass
+class Metrics:
+    log_freq: int = opt(10, "log every N steps")
+    enable_tensorboard: bool = opt(True, "write TensorBoard events")
+    save_tb_folder: str = opt("tb", "TensorBoard folder under job.dump_folder")
+    enable_wandb: bool = opt(False, "log to Weights & Biases (needs wandb installed)")
+    disable_color_printing: bool = opt(False, "plain console output")
+    save_for_all_ranks: bool = opt(False, "every rank writes its own metrics (default: rank 0)")
+
+
+@dataclass
+class Profiling:
+    enable_profiling: bool = opt(False, "torch profiler traces")
+    save_traces_folder: str = opt("profile_traces", "trace folder under job.dump_folder")
+    profile_freq: int = opt(10, "trace every N steps")
+    profiler_active: int = opt(1, "steps recorded per trace")
+    profiler_warmup: int = opt(3, "profiler warm-up steps before recording")
+    enable_memory_snapshot: bool = opt(False, "CUDA memory snapshots (GPU)")
+    save_memory_snapshot_folder: str = opt("memory_snapshot", "snapshot folder under job.dump_folder")
+
+
+@dataclass
+class Comm:
+    init_timeout_seconds: int = opt(300, "timeout of the first collectives")
+    train_timeout_seconds: int = opt(100, "collective timeout once training runs")
+    trace_buf_size: int = opt(20000, "NCCL flight-recorder entries (0 = off)")
+    save_traces_folder: str = opt("comm_traces", "flight-recorder dump folder under job.dump_folder")
+
+
+@dataclass
+class MemoryEstimation:
+    enabled: bool = opt(False, "estimate peak memory before building the model; stop if it cannot fit")
+    gpu_memory_gib: float = opt(0.0, "memory per GPU to check against (0 = the detected GPU)")

@@ -1,0 +1,132 @@
+"""build_run(cfg): config -> a ready Run, failing on bad input before any heavy work."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+import titan_parallel as tp_lib
+from titan_train.config import JobConfig
+from titan_train.errors import ConfigError
+from titan_train.trainer import checkpointing, pipeline
+from titan_train.trainer.build_model import apply_converters, parallelize_part
+from titan_train.trainer.hardware import device_peak
+from titan_train.trainer.metrics import MetricsLogger, MetricsSettings
+from titan_train.trainer.optim import OptimizerSettings, ScheduleSettings, build_lr_scheduler, build_optimizer
+from titan_train.trainer.profiling import make_profiler
+from titan_train.trainer.run import Run, make_validator
+from titan_train.trainer.setup import (
+    build_loader,
+    build_model_args,
+    build_tokenizer_and_spec,
+    check_dump_folder,
+    mesh_of,
+    seed_everything,
+    setup_distributed,
+)
+from titan_train.trainer.state import TrainState
+from titan_train.trainer.step import StepRunner, cross_entropy_loss
+
+
+def _train_context(cfg: JobConfig, layout, parts):
+    """Context for forward+backward: loss parallel (TP) and context parallel (CP) when enabled."""
+    dims = layout.dims
+    loss_parallel = dims.tp > 1 and not cfg.parallelism.disable_loss_parallel and dims.pp == 1
+
+    def ctx(batch: list[torch.Tensor]):
+        stack = contextlib.ExitStack()
+        if dims.cp > 1:
+            stack.enter_context(pipeline.cp_context(cfg, dims, parts, batch))
+        if loss_parallel:
+            from torch.distributed.tensor.parallel import loss_parallel as lp
+
+            stack.enter_context(lp())
+        return stack
+
+    return ctx
+
+
+def _optimizers(cfg: JobConfig, parts):
+    o = cfg.optimizer
+    settings = OptimizerSettings(o.name, o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.implementation)
+    sched = ScheduleSettings(cfg.training.steps, cfg.lr_scheduler.warmup_steps, cfg.lr_scheduler.decay_ratio,
+                             cfg.lr_scheduler.decay_type, cfg.lr_scheduler.min_lr_factor)
+    optimizers = [build_optimizer(part, settings) for part in parts]
+    return optimizers, [build_lr_scheduler(opt, sched) for opt in optimizers]
+
+
+def build_run(cfg: JobConfig) -> Run:
+    check_dump_folder(cfg.job.dump_folder)
+    spec, tokenizer = build_tokenizer_and_spec(cfg)           # unknown model/flavor, tokenizer file
+    layout = setup_distributed(cfg)                           # degrees vs world size, then groups
+    dims, device = layout.dims, layout.info.device
+    args = build_model_args(cfg, spec, tokenizer.vocab_size, dims)  # TP/CP vs heads
+    if dims.cp > 1:
+        pipeline.validate_cp(cfg, dims, args)
+    if cfg.validation.enable and dims.pp > 1:
+        raise ConfigError("validation.enable with pipeline_parallel_degree > 1 is not supported yet")
+    if cfg.validation.enable and layout.dp_size > 1 and cfg.validation.steps < 1:
+        raise ConfigError("validation.steps must be >= 1 with data parallelism (every rank must run the "
+                          "same number of batches)")
+    loader = build_loader(cfg, tokenizer, layout)              # dataset name/path
+    seed_everything(cfg, layout)
+
+    with torch.device("meta"):
+        model = spec.build(args)
+    apply_converters(model, cfg, spec)
+    if dims.pp > 1:
+        stages, parts = pipeline.split(cfg, dims, model, spec)
+    else:
+        stages, parts = None, [model]
+    parts = [parallelize_part(p, spec, cfg, dims, device, pipelined=dims.pp > 1) for p in parts]
+    for part in parts:
+        tp_lib.init_weights(part, device=device)
+        part.train()
+
+    optimizers, schedulers = _optimizers(cfg, parts)
+    loss_fn = cross_entropy_loss
+    if cfg.compile.enable and "loss" in cfg.compile.components:
+        loss_fn = torch.compile(cross_entropy_loss)
+    pp_mesh = mesh_of(dims, "pp")
+    loss_mesh = mesh_of(dims, "dp_cp")
+    train_context = _train_context(cfg, layout, parts)
+    pipe = (pipeline.build_pipeline(cfg, dims, stages, parts, loss_fn, device, layout.accum_steps)
+            if stages is not None else None)
+    after_step = None
+    f8 = cfg.float8
+    if any(c in ("quantize.linear.float8", "float8") for c in cfg.model.converters) and \
+            f8.precompute_float8_dynamic_scale_for_fsdp:
+        after_step = lambda: [tp_lib.precompute_float8_scales(p) for p in parts]  # noqa: E731
+    runner = StepRunner(parts=parts, optimizers=optimizers, schedulers=schedulers, device=device,
+                        accum_steps=layout.accum_steps, max_norm=cfg.training.max_norm, loss_fn=loss_fn,
+                        clip_fn=lambda params, max_norm: tp_lib.clip_grad_norm_(params, max_norm, pp_mesh=pp_mesh),
+                        train_context=train_context, pipeline=pipe, after_optimizer_step=after_step)
+    m = cfg.metrics
+    writer = layout.info.rank == 0 or m.save_for_all_ranks
+    metrics = MetricsLogger(MetricsSettings(cfg.job.dump_folder, m.enable_tensorboard, m.save_tb_folder,
+                                            m.enable_wandb, not m.disable_color_printing, writer,
+                                            layout.info.rank, m.save_for_all_ranks))
+    validator = None
+    if cfg.validation.enable:
+        validator = make_validator(cfg, lambda: build_loader(cfg, tokenizer, layout, validation=True),
+                                   parts[0], loss_fn, device, loss_mesh, train_context)
+    run = Run(cfg=cfg, device=device, world_size=layout.info.world_size, parts=parts, optimizers=optimizers,
+              schedulers=schedulers, loader=loader, step_runner=runner, metrics=metrics, state=TrainState(),
+              loss_mesh=loss_mesh, pp_mesh=pp_mesh, tokens_per_step=layout.global_batch * cfg.training.seq_len,
+              flops_per_token=args.num_flops_per_token(cfg.training.seq_len), peak=device_peak(device),
+              validator=validator, profiler=make_profiler(cfg, layout.info.rank, device))
+    checkpointing.attach(run, layout, spec, args)
+    run.metrics.log_text(_banner(run, layout, args))
+    return run
+
+
+def _banner(run: Run, layout, args) -> str:
+    cfg, dims = run.cfg, layout.dims
+    n = sum(p.numel() for m in run.parts for p in m.parameters())
+    deg = ", ".join(f"{k}={v}" for k, v in dims.enabled_dims()) or "single process"
+    note = f" ({run.peak.note})" if run.peak.note else ""
+    return (f"Titan: {cfg.model.name} {cfg.model.flavor} on {layout.info.world_size} x {run.device.type}"
+            f" [{deg}]{note}; local params {n:,}; global batch {layout.global_batch} x {cfg.training.seq_len} "
+            f"tokens ({layout.accum_steps} micro-batch(es)/step); {cfg.training.steps} steps; dump folder "
+            f"{cfg.job.dump_folder}")

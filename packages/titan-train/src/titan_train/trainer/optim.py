@@ -1,0 +1,99 @@
+"""Optimizer (no weight decay on norms, biases, embeddings) and warm-up + decay LR schedules."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    name: str = "AdamW"
+    lr: float = 8e-4
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    implementation: str = "fused"
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        # Norm gains, biases and embedding tables are not shrunk toward zero: it only hurts them.
+        if p.ndim < 2 or "norm" in name or "embeddings" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def _kernel_flags(impl: str, params: list[torch.Tensor]) -> dict:
+    if impl == "for-loop":
+        return {"foreach": False}
+    devices = {p.device.type for p in params}
+    # fused Adam/SGD exist for CUDA (and CPU for recent torch); fall back to foreach when unsure
+    if impl == "fused" and devices <= {"cuda", "cpu"}:
+        return {"fused": True}
+    return {"foreach": True}
+
+
+def build_optimizer(model: nn.Module, s: OptimizerSettings) -> torch.optim.Optimizer:
+    """One optimizer per model part (pipeline stages hold different parameters)."""
+    groups = _param_groups(model, s.weight_decay)
+    flags = _kernel_flags(s.implementation, [p for g in groups for p in g["params"]])
+    if s.name in ("AdamW", "Adam"):
+        cls = torch.optim.AdamW if s.name == "AdamW" else torch.optim.Adam
+        if cls is torch.optim.Adam:
+            groups = [{**g, "weight_decay": 0.0} for g in groups]
+        return cls(groups, lr=s.lr, betas=(s.beta1, s.beta2), eps=s.eps, **flags)
+    if s.name == "SGD":
+        return torch.optim.SGD(groups, lr=s.lr, momentum=s.beta1 if s.beta1 < 1 else 0.0, **flags)
+    raise ValueError(f"unknown optimizer {s.name!r}")
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    steps: int
+    warmup_steps: int = 20
+    decay_ratio: float | None = None
+    decay_type: str = "linear"
+    min_lr_factor: float = 0.0
+
+
+def lr_factor(step: int, s: ScheduleSettings) -> float:
+    """LR multiplier for optimizer step `step` (1-based): warm-up, optional stable phase, decay.
+
+    Warm-up starts above zero so step 1 already learns; with decay_ratio (WSD) the LR stays at peak
+    until the last decay_ratio share of steps.
+    """
+    warmup = min(s.warmup_steps, s.steps)
+    if step <= warmup:
+        return step / (warmup + 1)
+    decay_steps = s.steps - warmup if s.decay_ratio is None else round(s.steps * s.decay_ratio)
+    decay_start = s.steps - decay_steps
+    if step <= decay_start or decay_steps <= 0:
+        return 1.0
+    # the first decay step still trains at the peak; the last one reaches the minimum
+    progress = min(1.0, (step - decay_start - 1) / max(1, decay_steps - 1))
+    if s.decay_type == "linear":
+        shape = 1.0 - progress
+    elif s.decay_type == "sqrt":
+        shape = 1.0 - math.sqrt(progress)
+    else:  # cosine
+        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return s.min_lr_factor + (1.0 - s.min_lr_factor) * shape
+
+
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, s: ScheduleSettings) -> torch.optim.lr_scheduler.LambdaLR:
+    # LambdaLR calls the lambda with 0 at construction and with k after the k-th optimizer step;
+    # step k+1 therefore trains with lr_factor(k + 1).
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: lr_factor(k + 1, s))

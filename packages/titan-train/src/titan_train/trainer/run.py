@@ -1,0 +1,122 @@
+"""A Run: the objects one training job works with, and the few things it does besides stepping."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from titan_mesh import dist_mean, dist_sum
+from titan_train.config import JobConfig
+from titan_train.trainer.hardware import Peak
+from titan_train.trainer.metrics import MetricsLogger
+from titan_train.trainer.state import TrainState
+from titan_train.trainer.step import StepRunner
+
+
+@dataclass
+class Run:
+    cfg: JobConfig
+    device: torch.device
+    world_size: int
+    parts: list[nn.Module]
+    optimizers: list
+    schedulers: list
+    loader: Any
+    step_runner: StepRunner
+    metrics: MetricsLogger
+    state: TrainState
+    loss_mesh: Any                       # mesh to average the loss over (dp x cp), or None
+    tokens_per_step: int                 # global tokens per optimizer step
+    flops_per_token: float
+    peak: Peak
+    pp_mesh: Any = None
+    ckpt: Any = None                     # titan_ckpt.CheckpointManager, or None
+    states: dict = field(default_factory=dict)
+    export: Callable[[int], None] | None = None
+    validator: Callable[[], float] | None = None
+    profiler: Callable[[], Any] = contextlib.nullcontext
+
+    def metric_record(self, step: int, loss: float, grad_norm: float, window_tokens: int, elapsed: float,
+                      data_s: float) -> dict[str, Any]:
+        # Tokens per second per device: the whole job's tokens over all devices, so the number is
+        # comparable across layouts (TP/PP/CP ranks share tokens; DP ranks each bring their own).
+        steps_in_window = max(1, window_tokens // max(1, self._local_tokens_per_step()))
+        tps = self.tokens_per_step * steps_in_window / elapsed / self.world_size
+        record: dict[str, Any] = {"step": step, "loss": loss, "grad_norm": grad_norm,
+                                  "lr": self.schedulers[0].get_last_lr()[0], "tokens_per_second": tps,
+                                  "step_time_s": elapsed / steps_in_window,
+                                  "data_loading_pct": 100.0 * data_s / elapsed}
+        tflops = tps * self.flops_per_token / 1e12
+        record["tflops"] = tflops
+        fp8 = any(c in ("quantize.linear.float8", "float8") for c in self.cfg.model.converters)
+        peak = self.peak.fp8 if fp8 and self.peak.fp8 else self.peak.bf16
+        if peak:
+            record["mfu"] = 100.0 * tflops * 1e12 / peak
+        return record
+
+    def _local_tokens_per_step(self) -> int:
+        t = self.cfg.training
+        return t.local_batch_size * t.seq_len * self.step_runner.accum_steps
+
+    def global_loss(self, local: torch.Tensor) -> float:
+        """The step's mean loss over all tokens: summed over pipeline stages (only the last one
+        holds it), then averaged over data-parallel and context-parallel ranks."""
+        pp_mesh = self.pp_mesh
+        value = dist_sum(local, pp_mesh) if pp_mesh is not None else local
+        return dist_mean(value, self.loss_mesh)
+
+    def validate_now(self, step: int) -> bool:
+        return self.validator is not None and step % self.cfg.validation.freq == 0
+
+    def validate(self) -> float:
+        assert self.validator is not None
+        for m in self.parts:
+            m.eval()
+        try:
+            return self.validator()
+        finally:
+            for m in self.parts:
+                m.train()
+
+    def save(self, step: int, *, force: bool = False) -> None:
+        self.ckpt.save(step, self.states, force=force)
+
+    def final_save(self, step: int) -> None:
+        """At the configured end: the model-only / HF export; when stopping early: a full save."""
+        if step < self.cfg.training.steps:
+            if self.ckpt is not None:
+                self.save(step, force=True)
+            return
+        if self.export is not None:
+            self.export(step)
+
+
+def make_validator(cfg: JobConfig, build_loader: Callable[[], Any], model: nn.Module, loss_fn: Callable,
+                   device: torch.device, loss_mesh, train_context) -> Callable[[], float]:
+    steps = cfg.validation.steps
+
+    @torch.no_grad()
+    def validate() -> float:
+        total, count = 0.0, 0
+        for i, (inputs, labels) in enumerate(build_loader()):
+            if 0 <= steps <= i:
+                break
+            inputs, labels = inputs.to(device), labels.to(device)
+            with train_context([inputs, labels]):
+                loss = loss_fn(model(inputs), labels)
+            loss = loss.full_tensor() if hasattr(loss, "full_tensor") else loss
+            total += float(loss)
+            count += 1
+        return dist_mean(torch.tensor(total / max(count, 1)), loss_mesh)
+
+    return validate
+
+
+def dump_path(cfg: JobConfig, sub: str) -> Path:
+    return Path(cfg.job.dump_folder).expanduser() / sub

@@ -1,0 +1,76 @@
+"""One optimizer step: micro-batches (or a pipeline schedule), loss, clipping, optimizer, LR."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token loss in float32 (bf16 logits lose too much precision in log-softmax)."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(0, 1))
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor        # this rank's mean loss over its micro-batches (0-dim, detached)
+    grad_norm: torch.Tensor   # global gradient norm before clipping
+    data_time_s: float        # time spent waiting for batches
+    tokens: int               # tokens this rank consumed
+
+
+class StepRunner:
+    """Runs forward/backward over `accum_steps` micro-batches, then clip + optimizer + LR step."""
+
+    def __init__(self, *, parts: list[nn.Module], optimizers: list, schedulers: list, device: torch.device,
+                 accum_steps: int, max_norm: float, loss_fn: Callable, clip_fn: Callable,
+                 train_context: Callable[[list[torch.Tensor]], contextlib.AbstractContextManager],
+                 pipeline=None, after_optimizer_step: Callable[[], None] | None = None) -> None:
+        self.parts, self.optimizers, self.schedulers = parts, optimizers, schedulers
+        self.device, self.accum_steps, self.max_norm = device, accum_steps, max_norm
+        self.loss_fn, self.clip_fn, self.train_context = loss_fn, clip_fn, train_context
+        self.pipeline = pipeline
+        self.after_optimizer_step = after_optimizer_step
+        self.params = [p for m in parts for p in m.parameters() if p.requires_grad]
+
+    def _next_batch(self, it: Iterator) -> tuple[torch.Tensor, torch.Tensor, float]:
+        t0 = time.perf_counter()
+        inputs, labels = next(it)
+        waited = time.perf_counter() - t0
+        non_blocking = self.device.type == "cuda"
+        return (inputs.to(self.device, non_blocking=non_blocking),
+                labels.to(self.device, non_blocking=non_blocking), waited)
+
+    def run(self, data: Iterator) -> StepResult:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        data_time, tokens = 0.0, 0
+        for _ in range(self.accum_steps):
+            inputs, labels, waited = self._next_batch(data)
+            data_time += waited
+            tokens += labels.numel()
+            if self.pipeline is not None:
+                total += self.pipeline.step(inputs, labels, accum_steps=self.accum_steps)
+            else:
+                with self.train_context([inputs, labels]):
+                    logits = self.parts[0](inputs)
+                    loss = self.loss_fn(logits, labels) / self.accum_steps
+                    loss.backward()
+                loss = loss.detach()
+                total += loss.full_tensor() if hasattr(loss, "full_tensor") else loss  # loss-parallel DTensor
+        max_norm = self.max_norm if self.max_norm > 0 else float("inf")
+        grad_norm = self.clip_fn(self.params, max_norm)
+        for opt in self.optimizers:
+            opt.step()
+        for sched in self.schedulers:
+            sched.step()
+        if self.after_optimizer_step is not None:
+            self.after_optimizer_step()
+        return StepResult(total, grad_norm, data_time, tokens)
