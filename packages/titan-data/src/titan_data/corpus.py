@@ -58,8 +58,9 @@ def bundled_tokens_meta() -> dict:
     return json.loads(BUNDLED_TOKENS_META.read_text())
 
 
+@functools.lru_cache(maxsize=4)
 def bundled_tokens(split: str) -> np.ndarray:
-    """The shipped pre-tokenized bundled corpus (BOS doc EOS, concatenated) as a uint16 array."""
+    """The shipped pre-tokenized bundled corpus (BOS doc EOS, concatenated) as a read-only uint16 array."""
     meta = bundled_tokens_meta()
     if split not in meta["splits"]:
         raise DataError(f"the bundled corpus has splits {', '.join(meta['splits'])}; got split={split!r}")

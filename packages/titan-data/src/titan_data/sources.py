@@ -92,7 +92,12 @@ class HFSource(DocSource):
             raise DataError(f"cannot open {self.description}: {type(e).__name__}: {e}") from None
 
     def check(self, text_field: str) -> None:
-        first = next(iter(self.open().take(1)), None)
+        try:
+            first = next(iter(self.open().take(1)), None)
+        except DataError:
+            raise
+        except Exception as e:
+            raise DataError(f"cannot read {self.description}: {type(e).__name__}: {e}") from None
         if first is None:
             raise DataError(f"{self.description} has no records")
         if text_field not in first:
