@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
-from titan_parallel.pipeline._errors import ParallelConfigError
+from titan_parallel.pipeline._errors import ParallelConfigError, closest
 from titan_parallel.pipeline.schedules import resolve_schedule, schedule_class, validate_pipeline
 from titan_parallel.pipeline.split import build_stage_module, is_block, plan_stages, stage_ids_for_rank
 
@@ -84,6 +84,12 @@ def pipeline_split(model: nn.Module, pp_mesh: DeviceMesh, *, module_order: Seque
             stages_per_rank = len(split_points) // pp
         else:
             stages_per_rank = 1 if spec.min_stages_per_rank == 1 else 2
+    known = {n for n, _ in model.named_modules() if n}
+    for m in module_order:
+        if m not in known:
+            raise ParallelConfigError(
+                f"module_order names {m!r}, which the model does not have{closest(m, known)}"
+            )
     num_blocks = None if split_points is not None else sum(is_block(m) for m in module_order)
     validate_pipeline(name, pp_degree=pp, stages_per_rank=stages_per_rank, num_blocks=num_blocks)
     num_stages = pp * stages_per_rank
