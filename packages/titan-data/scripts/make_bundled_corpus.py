@@ -12,7 +12,6 @@ import re
 import sys
 
 import numpy as np
-
 from titan_data import corpus
 from titan_data.tokenizer import BUNDLED_TOKENIZER
 from titan_data.tokenizer_train import train_tokenizer

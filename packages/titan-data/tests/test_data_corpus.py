@@ -3,7 +3,6 @@
 import hashlib
 
 import numpy as np
-
 from titan_data import documents, load_tokenizer
 from titan_data.corpus import TINY_TEXT, bundled_tokens, bundled_tokens_meta, corpus_sha256
 

@@ -1,7 +1,6 @@
 """Every argument mistake of build_dataloader is a DataError naming the argument and what is allowed."""
 
 import pytest
-
 from titan_data import DATASETS, DataError, build_dataloader, load_tokenizer
 
 

@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from titan_data import DataError, build_dataloader, load_tokenizer
 from titan_data.permutation import epoch_key, permute
 from titan_data.pretokenized import global_windows

@@ -6,7 +6,6 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from titan_data import DataError, build_dataloader, documents, load_tokenizer
 from titan_data.sources import local_files
 
@@ -148,3 +147,20 @@ def test_hub_datasets_fail_fast_and_clearly_offline(tok, monkeypatch):
     assert time.perf_counter() - start < 10
     with pytest.raises(DataError, match="no pre-tokenized mode"):
         build_dataloader("c4", tokenizer=tok, seq_len=L, local_batch_size=B, mode="pretokenized")
+
+
+def test_loaders_pickle_for_spawned_workers(tok, tmp_path):
+    """Workers started by spawn/forkserver (the default from Python 3.14) receive pickled readers."""
+    import pickle
+
+    from titan_data.pretokenized import _Batches
+    from titan_data.streaming import _ReaderDataset
+
+    f = write_jsonl(tmp_path / "a.jsonl", documents("tiny"))
+    ld = local(tok, f, num_workers=2)
+    reader = pickle.loads(pickle.dumps(_ReaderDataset(ld.source, ld.cfg, 0, 1, 2, [None, None], 0)))
+    x, y, w, _ = next(iter(reader))
+    assert w == 0 and x.shape == (B, L)
+    pre = build_dataloader("tiny", tokenizer=tok, seq_len=L, local_batch_size=B)
+    batches = pickle.loads(pickle.dumps(_Batches(pre.store, 0, L, B, 0, 1, 0)))
+    assert torch.equal(batches[0][0], next(pre)[0])

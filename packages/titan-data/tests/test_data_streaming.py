@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from titan_data import DataError, build_dataloader, documents, load_tokenizer
 
 L, B = 16, 4

@@ -4,7 +4,6 @@ import base64
 import json
 
 import pytest
-
 from titan_data import LLAMA3_SPECIAL_TOKENS, DataError, documents, load_tokenizer
 from titan_data.tokenizer import TiktokenTokenizer, read_tiktoken_ranks, write_tiktoken_ranks
 

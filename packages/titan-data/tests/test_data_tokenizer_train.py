@@ -3,7 +3,6 @@
 from collections import Counter
 
 import pytest
-
 from titan_data import BUNDLED_TOKENIZER, DataError, documents, load_tokenizer, train_tokenizer
 from titan_data.tokenizer_train import train_bpe
 

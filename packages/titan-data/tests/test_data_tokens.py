@@ -5,8 +5,14 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from titan_data import DataError, build_dataloader, documents, load_tokenizer, open_token_dir, pretokenize
+from titan_data import (
+    DataError,
+    build_dataloader,
+    documents,
+    load_tokenizer,
+    open_token_dir,
+    pretokenize,
+)
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +95,13 @@ def test_pretokenize_refuses_to_overwrite_and_empty_sources(tok, folder, tmp_pat
     with pytest.raises(DataError, match="empty.jsonl"):
         pretokenize("local", tmp_path / "t2", tokenizer=tok, dataset_path=str(tmp_path / "empty.jsonl"))
     assert not (tmp_path / "t2").exists()
+
+
+def test_an_open_store_pickles_without_its_memmaps(folder):
+    import pickle
+
+    store = open_token_dir(folder)
+    first = store.windows(np.arange(3), 16)
+    blob = pickle.dumps(store)
+    assert len(blob) < 10_000  # file names, not data
+    assert np.array_equal(pickle.loads(blob).windows(np.arange(3), 16), first)

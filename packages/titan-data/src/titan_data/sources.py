@@ -9,6 +9,7 @@ cover the source. With `infinite=True` the stream starts over (epoch + 1) at its
 from __future__ import annotations
 
 import abc
+import functools
 import hashlib
 import os
 import pathlib
@@ -35,6 +36,7 @@ class DocSource(abc.ABC):
 
     def check(self, text_field: str) -> None:
         """Fail early, before any expensive work, on an empty source or a missing text field."""
+        return None
 
 
 class ListSource(DocSource):
@@ -135,6 +137,13 @@ class HFSource(DocSource):
             epoch, hf_state = epoch + 1, None
 
 
+def _load_dataset(*args, **kwargs):
+    # Module level (with functools.partial) so that sources pickle into spawned workers.
+    from datasets import load_dataset
+
+    return load_dataset(*args, **kwargs)
+
+
 # ---- local files -------------------------------------------------------------------------------
 
 _BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text", ".text": "text",
@@ -186,12 +195,8 @@ def local_source(path: str, split: str, *, text_sample_by: str = "document") -> 
         st = f.stat()
         digest.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
     extra = {"sample_by": text_sample_by} if builder == "text" else {}
-
-    def opener():
-        from datasets import load_dataset
-
-        return load_dataset(builder, data_files=[str(f) for f in files], split="train", streaming=True, **extra)
-
+    opener = functools.partial(_load_dataset, builder, data_files=[str(f) for f in files], split="train",
+                               streaming=True, **extra)
     where = str(files[0]) if len(files) == 1 else f"{path} ({len(files)} {builder} files)"
     return HFSource(opener, f"local dataset {where}", digest.hexdigest()[:20])
 
@@ -220,10 +225,6 @@ def hub_source(name: str, config: str | None, split: str) -> HFSource:
             "Offline, use dataset='bundled' or local files (dataset='local', dataset_path=...)"
         )
 
-    def opener():
-        from datasets import load_dataset
-
-        return load_dataset(name, config, split=split, streaming=True)
-
+    opener = functools.partial(_load_dataset, name, config, split=split, streaming=True)
     label = f"hub dataset {name}" + (f" ({config})" if config else "") + f" split {split!r}"
     return HFSource(opener, label, hashlib.sha256(label.encode()).hexdigest()[:20])
