@@ -117,7 +117,7 @@ def full_states(model: nn.Module, opt: torch.optim.Optimizer) -> tuple[dict, dic
     """Model and flattened optimizer state as plain CPU tensors (gathered if sharded)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True, flatten_optimizer_state_dict=True)
+    opts = StateDictOptions(full_state_dict=True, flatten_optimizer_state_dict=True)
     msd, osd = get_state_dict(model, opt, options=opts)
     return _plain(msd), _plain(osd)
 
