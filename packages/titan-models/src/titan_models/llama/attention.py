@@ -1,0 +1,107 @@
+"""Grouped-query self-attention with a swappable attention core (`attention.sdpa`).
+
+The core sees q, k, v as [batch, heads, seq, head_dim] after RoPE, with k and v already repeated
+to the number of query heads (no enable_gqa), so a context-parallel wrapper or a replacement core
+needs no knowledge of grouped-query attention. Head counts are read from the projection outputs
+(view with -1), so column-sharded wq/wk/wv under tensor parallelism just work with local heads.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from titan_models.errors import ModelConfigError, unknown_name
+from titan_models.llama.args import LlamaArgs
+from titan_models.llama.masks import causal_block_mask
+from titan_models.llama.rope import apply_rope
+
+
+class SDPACore(nn.Module):
+    """torch's scaled_dot_product_attention: is_causal when mask is None, else a dense bool mask."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+_compiled_flex = None
+
+
+def _flex(q, k, v, block_mask):
+    """FlexAttention, compiled into a fused kernel on accelerators. On CPU it runs eagerly (the
+    unfused reference: it materializes the scores), which is what tests and debugging need."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if q.device.type == "cpu":
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+            raise ModelConfigError(
+                "attn_backend='flex' cannot train on CPU (torch's FlexAttention has no CPU "
+                "backward): use attn_backend='sdpa', which also supports attn_mask='block_causal'")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            return flex_attention(q, k, v, block_mask=block_mask)
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex(q, k, v, block_mask=block_mask)
+
+
+class FlexCore(nn.Module):
+    """FlexAttention under a BlockMask (causal, or causal within documents). With mask None it
+    uses a causal BlockMask for q's length (normally the Transformer passes one in)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._causal_cache: dict = {}
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None) -> torch.Tensor:
+        if mask is None:
+            mask = causal_block_mask(q.shape[2], q.device, self._causal_cache)
+        return _flex(q, k, v, mask)
+
+
+CORES: dict[str, type[nn.Module]] = {"sdpa": SDPACore, "flex": FlexCore}
+
+
+def make_core(backend: str) -> nn.Module:
+    if backend not in CORES:
+        raise unknown_name("attn_backend", backend, CORES)
+    return CORES[backend]()
+
+
+class Attention(nn.Module):
+    """wq/wk/wv/wo projections (no bias), RoPE on q and k, then the core `sdpa`."""
+
+    def __init__(self, args: LlamaArgs) -> None:
+        super().__init__()
+        self.head_dim = args.head_dim
+        self.wq = nn.Linear(args.dim, args.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, args.kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, args.kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
+        self.sdpa = make_core(args.attn_backend)
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, mask=None) -> torch.Tensor:
+        """x [batch, seq, dim]; rope: the RoPE table, at least seq rows (its first seq are used:
+        under context parallel the table is this rank's shard); mask from masks.MaskBuilder."""
+        bsz, seq, _ = x.shape
+        if rope.shape[0] < seq:
+            raise ModelConfigError(f"sequence length {seq} is longer than the RoPE table "
+                                   f"({rope.shape[0]} rows): raise max_seq_len")
+        rope = rope[:seq]
+        q = apply_rope(self.wq(x).view(bsz, seq, -1, self.head_dim), rope)
+        k = apply_rope(self.wk(x).view(bsz, seq, -1, self.head_dim), rope)
+        v = self.wv(x).view(bsz, seq, -1, self.head_dim)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        repeats = q.shape[1] // k.shape[1]
+        if repeats > 1:  # query head i reads kv head i // repeats, as in Meta's and HF's code
+            k = k.repeat_interleave(repeats, dim=1)
+            v = v.repeat_interleave(repeats, dim=1)
+        out = self.sdpa(q, k, v, mask)
+        return self.wo(out.transpose(1, 2).reshape(bsz, seq, -1))

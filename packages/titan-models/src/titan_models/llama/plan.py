@@ -1,0 +1,65 @@
+"""The tensor-parallel plan of a Llama Transformer, as torch ParallelStyle objects.
+
+The only module of titan-models that imports torch.distributed.tensor; importing it needs no
+process group. Apply with torch.distributed.tensor.parallel.parallelize_module(model, tp_mesh,
+plan) before activation checkpointing / compile wrap the blocks (the keys name plain modules).
+
+Megatron layout: wq/wk/wv/w1/w3 split their output features (heads), wo/w2 their input features,
+so each block needs one all-reduce (or, with sequence parallel, one all-gather + one
+reduce-scatter) per attention and per feed-forward. With sequence parallel, the norms and
+residual stream hold a sequence shard (Shard(1)). With loss parallel, logits stay sharded over
+the vocabulary (a DTensor, Shard(-1)) for torch's loss_parallel() cross-entropy.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    ParallelStyle,
+    PrepareModuleInput,
+    RowwiseParallel,
+    SequenceParallel,
+)
+
+
+def tp_plan(model: nn.Module, *, sequence_parallel: bool = True,
+            loss_parallel: bool = True) -> dict[str, ParallelStyle]:
+    """FQN pattern -> ParallelStyle for `model` (whole, or a pipeline stage: absent parts skipped).
+
+    With tie_embeddings, both tok_embeddings and output shard the shared weight on dim 0; call
+    model.tie_weights() after parallelize_module, which creates one parameter per module.
+    """
+    seq = Shard(1) if sequence_parallel else Replicate()
+    plan: dict[str, ParallelStyle] = {}
+    if getattr(model, "tok_embeddings", None) is not None:
+        plan["tok_embeddings"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=seq)
+    if getattr(model, "norm", None) is not None and sequence_parallel:
+        plan["norm"] = SequenceParallel()
+    if getattr(model, "output", None) is not None:
+        plan["output"] = ColwiseParallel(
+            input_layouts=seq,
+            output_layouts=Shard(-1) if loss_parallel else Replicate(),
+            use_local_output=not loss_parallel,
+        )
+    if sequence_parallel:
+        plan.update({
+            "layers.*.attention_norm": SequenceParallel(),
+            # (x, rope, mask): only x is a sequence shard to gather.
+            "layers.*.attention": PrepareModuleInput(
+                input_layouts=(Shard(1), None, None), desired_input_layouts=(Replicate(), None, None)),
+            "layers.*.ffn_norm": SequenceParallel(),
+            "layers.*.feed_forward": PrepareModuleInput(
+                input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
+        })
+    plan.update({
+        "layers.*.attention.wq": ColwiseParallel(),
+        "layers.*.attention.wk": ColwiseParallel(),
+        "layers.*.attention.wv": ColwiseParallel(),
+        "layers.*.attention.wo": RowwiseParallel(output_layouts=seq),
+        "layers.*.feed_forward.w1": ColwiseParallel(),
+        "layers.*.feed_forward.w2": RowwiseParallel(output_layouts=seq),
+        "layers.*.feed_forward.w3": ColwiseParallel(),
+    })
+    return plan

@@ -1,0 +1,57 @@
+"""RoPE: Llama 3.1 frequency scaling values, the table, and relative-position invariance."""
+
+import math
+
+import torch
+
+from titan_models import RopeScaling
+from titan_models.llama.rope import apply_rope, rope_frequencies, rope_table
+
+SCALING = RopeScaling(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_seq_len=8192)
+
+
+def _by_hand(freq, s=SCALING):
+    """Meta's reference loop, one frequency at a time."""
+    wavelen = 2 * math.pi / freq
+    if wavelen < s.original_max_seq_len / s.high_freq_factor:  # < 2048: unchanged
+        return freq
+    if wavelen > s.original_max_seq_len / s.low_freq_factor:  # > 8192: divided by factor
+        return freq / s.factor
+    smooth = (s.original_max_seq_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+    return (1 - smooth) * freq / s.factor + smooth * freq
+
+
+def test_llama31_scaling_matches_the_reference_loop_and_its_three_bands():
+    plain = rope_frequencies(128, 500000.0, None)
+    scaled = rope_frequencies(128, 500000.0, SCALING)
+    want = torch.tensor([_by_hand(f) for f in plain.tolist()], dtype=torch.float64)
+    torch.testing.assert_close(scaled, want, rtol=1e-12, atol=0)
+    assert scaled[0] == plain[0] == 1.0  # highest frequency untouched
+    torch.testing.assert_close(scaled[-1], plain[-1] / 8)  # lowest divided by factor
+    wavelen = 2 * math.pi / plain
+    middle = (wavelen > 2048) & (wavelen < 8192)
+    assert middle.any() and ((scaled[middle] < plain[middle]) & (scaled[middle] > plain[middle] / 8)).all()
+
+
+def test_scaling_matches_transformers():
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    config = LlamaConfig(hidden_size=256, num_attention_heads=2, rope_theta=500000.0,
+                         max_position_embeddings=131072,
+                         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+    inv_freq, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+    torch.testing.assert_close(rope_frequencies(128, 500000.0, SCALING).float(), inv_freq, rtol=1e-6, atol=0)
+
+
+def test_table_layout_and_relative_positions():
+    table = rope_table(16, 50, 10000.0, None)
+    assert table.shape == (50, 8, 2) and table.dtype == torch.float32
+    torch.testing.assert_close(table[0], torch.stack((torch.ones(8), torch.zeros(8)), -1))
+    # q.k after rotation depends only on the distance between positions.
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+    def dot(i, j):
+        return (apply_rope(q, table[i:i + 1]) * apply_rope(k, table[j:j + 1])).sum()
+    torch.testing.assert_close(dot(3, 1), dot(40, 38), rtol=1e-5, atol=1e-5)
+    assert apply_rope(q.bfloat16(), table[:1]).dtype == torch.bfloat16
