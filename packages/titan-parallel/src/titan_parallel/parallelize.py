@@ -1,0 +1,156 @@
+"""All appliers in the one order that composes, after checking every request up front.
+
+Order: float8 conversion -> tensor parallel -> activation checkpointing -> compile -> FSDP/DDP.
+Float8 swaps Linear modules, so TP must shard the swapped ones; TP hooks must sit inside the
+checkpointed region so recompute replays them; compile wraps the checkpointed block whole; FSDP
+goes last so its hooks wrap everything and run outside the compiled graphs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor.parallel import ParallelStyle
+
+from titan_parallel.activation_checkpoint import OpPolicy, apply_ac, check_ac
+from titan_parallel.compile import apply_compile
+from titan_parallel.data_parallel import ReshardAfterForward, apply_ddp, apply_fsdp, as_dtype, check_dp_mesh
+from titan_parallel.errors import ParallelConfigError, one_of
+from titan_parallel.float8 import apply_float8, check_float8
+from titan_parallel.modules import Units, resolve_units
+from titan_parallel.tensor_parallel import apply_tp, check_tp_sizes, resolve_plan
+
+
+@dataclass
+class Float8Options:
+    """apply_float8's options (see there)."""
+
+    recipe: str = "tensorwise"
+    skip: Sequence[str] = ()
+    skip_small: bool = True
+    fsdp_float8_all_gather: bool = False
+    precompute_scale: bool = False
+    emulate: bool = False
+
+
+@dataclass
+class ACOptions:
+    """apply_ac's options (see there)."""
+
+    mode: Literal["none", "full", "selective"] = "full"
+    layer_freq: int | str | None = None
+    op_policy: OpPolicy | Any = None
+
+
+@dataclass
+class FSDPOptions:
+    """apply_fsdp's options (see there)."""
+
+    param_dtype: Any = None
+    reduce_dtype: Any = None
+    reshard_after_forward: ReshardAfterForward = "default"
+    cpu_offload: bool = False
+
+
+@dataclass
+class CompileOptions:
+    """apply_compile's options (see there)."""
+
+    fullgraph: bool = True
+    backend: str = "inductor"
+    kwargs: dict = field(default_factory=dict)
+
+
+def parallelize(
+    model: nn.Module,
+    *,
+    units: Units = None,
+    float8: Float8Options | None = None,
+    tp_mesh: DeviceMesh | None = None,
+    tp_plan: Mapping[str, ParallelStyle] | None = None,
+    async_tp: bool = False,
+    ac: ACOptions | None = None,
+    compile: CompileOptions | bool = False,
+    dp_mesh: DeviceMesh | None = None,
+    dp: Literal["fsdp", "ddp"] = "fsdp",
+    fsdp: FSDPOptions | None = None,
+) -> nn.Module:
+    """Apply what is asked, in the documented order, to a model (usually on the meta device).
+
+    units: the repeated blocks (FSDP units, AC and compile targets); None finds them. float8:
+    convert linears first. tp_mesh + tp_plan: tensor parallel (async_tp needs compile and CUDA).
+    ac / compile: per unit. dp_mesh: "fsdp" (1-D FSDP or 2-D HSDP, options in `fsdp`) or "ddp"
+    (1-D, no TP). Every request is checked before the model is touched: unknown names,
+    indivisible TP sizes, mismatched meshes, missing torchao all raise ParallelConfigError.
+    Returns the model; then initialize it (init_weights) and build the optimizer.
+    """
+    compile_opts = CompileOptions() if compile is True else (compile or None)
+    # --- checks, before anything changes ---
+    resolve_units(model, units)
+    if float8 is not None:
+        check_float8(model, recipe=float8.recipe, skip=float8.skip, emulate=float8.emulate,
+                     fsdp_float8_all_gather=float8.fsdp_float8_all_gather,
+                     precompute_scale=float8.precompute_scale)
+        if float8.fsdp_float8_all_gather and (dp_mesh is None or dp != "fsdp"):
+            raise ParallelConfigError("float8 fsdp_float8_all_gather=True needs FSDP (dp_mesh with dp='fsdp')")
+    if (tp_mesh is None) != (tp_plan is None):
+        raise ParallelConfigError("tensor parallel needs both tp_mesh and tp_plan (or neither)")
+    if tp_mesh is not None:
+        if not isinstance(tp_mesh, DeviceMesh) or tp_mesh.ndim != 1:
+            raise ParallelConfigError(f"tp_mesh must be a 1-D DeviceMesh, got {tp_mesh!r}")
+        check_tp_sizes(model, resolve_plan(model, tp_plan), tp_mesh.size())
+        if dp_mesh is not None:
+            _check_disjoint(dp_mesh, tp_mesh)
+    if async_tp:
+        if tp_mesh is None or compile_opts is None:
+            raise ParallelConfigError("async_tp=True needs tensor parallel (tp_mesh, tp_plan) and compile")
+        if tp_mesh.device_type != "cuda":
+            raise ParallelConfigError(f"async_tp=True needs CUDA GPUs; the TP mesh is on {tp_mesh.device_type!r}")
+    if ac is not None:
+        check_ac(mode=ac.mode, layer_freq=ac.layer_freq, op_policy=ac.op_policy)
+    if dp not in ("fsdp", "ddp"):
+        raise one_of("dp", dp, ("fsdp", "ddp"))
+    fsdp = fsdp or FSDPOptions()
+    if dp_mesh is not None:
+        check_dp_mesh(dp_mesh, model, arg="dp_mesh", max_ndim=2 if dp == "fsdp" else 1)
+        if dp == "ddp" and tp_mesh is not None:
+            raise ParallelConfigError(
+                "dp='ddp' does not compose with tensor parallel; use dp='fsdp' with a 2-D (replicate, "
+                "shard) dp_mesh"
+            )
+        as_dtype("param_dtype", fsdp.param_dtype)
+        as_dtype("reduce_dtype", fsdp.reduce_dtype)
+
+    # --- the documented order ---
+    if float8 is not None:
+        apply_float8(model, recipe=float8.recipe, skip=float8.skip, skip_small=float8.skip_small,
+                     fsdp_float8_all_gather=float8.fsdp_float8_all_gather,
+                     precompute_scale=float8.precompute_scale, emulate=float8.emulate)
+    if tp_mesh is not None:
+        apply_tp(model, tp_mesh, tp_plan, async_tp=async_tp)
+    if ac is not None:
+        apply_ac(model, mode=ac.mode, layer_freq=ac.layer_freq, op_policy=ac.op_policy, units=units)
+    if compile_opts is not None:
+        apply_compile(model, units=units, fullgraph=compile_opts.fullgraph,
+                      backend=compile_opts.backend, **compile_opts.kwargs)
+    if dp_mesh is not None:
+        if dp == "fsdp":
+            apply_fsdp(model, dp_mesh, units=units, param_dtype=fsdp.param_dtype,
+                       reduce_dtype=fsdp.reduce_dtype, reshard_after_forward=fsdp.reshard_after_forward,
+                       cpu_offload=fsdp.cpu_offload)
+        else:
+            apply_ddp(model, dp_mesh)
+    return model
+
+
+def _check_disjoint(dp_mesh: DeviceMesh, tp_mesh: DeviceMesh) -> None:
+    common = set(dp_mesh.mesh.flatten().tolist()) & set(tp_mesh.mesh.flatten().tolist())
+    if len(common) > 1:
+        raise ParallelConfigError(
+            f"dp_mesh (ranks {sorted(dp_mesh.mesh.flatten().tolist())}) and tp_mesh (ranks "
+            f"{sorted(tp_mesh.mesh.flatten().tolist())}) overlap: they must be different dims of one mesh"
+        )
