@@ -109,8 +109,8 @@ class HeadPermuteAdapter:
             out[k] = v
         return out
 
-    def hf_config(self, dtype: torch.dtype) -> dict:
-        return {"model_type": "tiny", "hidden_size": DIM, "torch_dtype": str(dtype).split(".")[-1]}
+    def hf_config(self, dtype: str) -> dict:
+        return {"model_type": "tiny", "hidden_size": DIM, "torch_dtype": dtype}
 
 
 def full_states(model: nn.Module, opt: torch.optim.Optimizer) -> tuple[dict, dict]:

@@ -77,3 +77,33 @@ def test_errors_name_the_missing_key_the_file_and_the_shape(tmp_path):
         load_hf_weights(out, make_model(), HeadPermuteAdapter())
     with pytest.raises(CheckpointError, match=r"lacks \['from_hf', 'hf_config'\]"):
         load_hf_weights(out, make_model(), object.__new__(type("Half", (), {"to_hf": lambda s, d: d})))
+
+
+def _tiny_llama(seed, **overrides):
+    from titan_models import get_model_spec
+    from titan_models.testing import tiny_llama_args
+
+    spec = get_model_spec("llama3")
+    args = tiny_llama_args(**overrides)
+    torch.manual_seed(seed)
+    model = spec.build(args)
+    model.init_weights()
+    return model, spec.state_dict_adapter(args)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_llama_export_loads_in_transformers_with_the_same_logits(tmp_path, tie):
+    transformers = pytest.importorskip("transformers")
+    model, adapter = _tiny_llama(0, tie_embeddings=tie)
+    out = export_hf(tmp_path / "hf", model, adapter, torch.float32)
+    hf = transformers.LlamaForCausalLM.from_pretrained(out, torch_dtype=torch.float32).eval()
+    tokens = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, theirs = model(tokens), hf(tokens).logits
+    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
+    # And back: HF weights (as transformers saved them) into a fresh Titan model.
+    hf.save_pretrained(tmp_path / "saved")
+    fresh, _ = _tiny_llama(1, tie_embeddings=tie)
+    load_hf_weights(tmp_path / "saved", fresh, adapter)
+    for (k, a), b in zip(fresh.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), k

@@ -5,7 +5,7 @@ model package):
 
     adapter.to_hf(state_dict) -> hf_state_dict     # Titan FQNs -> HF names (and layouts)
     adapter.from_hf(hf_state_dict) -> state_dict   # the inverse
-    adapter.hf_config(dtype) -> dict               # the config.json contents
+    adapter.hf_config(dtype_name) -> dict          # config.json contents ("bfloat16", ...)
     adapter.fqn_to_index_mapping (optional)        # HF name -> 1-based file index when exporting
 
 Loading goes through DCP's HuggingFaceStorageReader, so each rank reads only the slices of its
@@ -43,14 +43,14 @@ DEFAULT_SHARD_BYTES = 5 * 2**30  # the usual HF shard size
 class HFAdapter(Protocol):
     def to_hf(self, state_dict: dict[str, Any]) -> dict[str, Any]: ...
     def from_hf(self, hf_state_dict: dict[str, Any]) -> dict[str, Any]: ...
-    def hf_config(self, dtype: torch.dtype) -> dict[str, Any]: ...
+    def hf_config(self, dtype: str) -> dict[str, Any]: ...
 
 
 def check_adapter(adapter: Any) -> None:
     lacking = [m for m in ("to_hf", "from_hf", "hf_config") if not callable(getattr(adapter, m, None))]
     if lacking:
         raise CheckpointError(f"adapter {type(adapter).__name__} lacks {lacking}: an HF adapter needs "
-                              "to_hf(sd), from_hf(hf_sd) and hf_config(dtype)")
+                              "to_hf(sd), from_hf(hf_sd) and hf_config(dtype_name)")
 
 
 def hf_files(path: str | os.PathLike) -> list[Path]:
@@ -229,7 +229,7 @@ def export_hf(folder: str | os.PathLike, model_parts: nn.Module | Sequence[nn.Mo
     """Export the model (any layout; every rank calls it) as HF safetensors + config.json."""
     check_adapter(adapter)
     hf = cast_floats(adapter.to_hf(model_state_dict(as_parts(model_parts))), dtype)
-    config = adapter.hf_config(dtype)
+    config = adapter.hf_config(str(dtype).removeprefix("torch."))
     if hasattr(config, "to_dict"):
         config = config.to_dict()
     return save_hf_state_dict(folder, hf, config, max_shard_bytes=max_shard_bytes,
