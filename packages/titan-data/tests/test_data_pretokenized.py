@@ -108,7 +108,7 @@ def test_validation_split_and_finite_passes(tok):
 def test_bundled_corpus_starts_at_once_with_its_shipped_tokens(tok):
     ld = build_dataloader("bundled", tokenizer=tok, seq_len=2048, local_batch_size=8)
     x, y = next(ld)
-    assert x.shape == (8, 2048) and ld.num_windows == (1170245 - 1) // 2048
+    assert x.shape == (8, 2048) and ld.num_windows == (1136559 - 1) // 2048
     assert torch.equal(x[:, 1:], y[:, :-1]) and int(x.max()) < tok.vocab_size
 
 

@@ -1,7 +1,7 @@
 """The corpora shipped inside the package: the bundled one (King James Bible) and a tiny test one.
 
 The bundled corpus is 1,189 chapters (one document each), about 1.2M tokens with the bundled
-tokenizer; every 50th chapter is held out as the validation split. It also ships pre-tokenized with
+tokenizer; every 20th chapter is held out as the validation split. It also ships pre-tokenized with
 the bundled tokenizer, so the default training run starts without tokenizing anything.
 """
 
@@ -24,7 +24,7 @@ TINY_TEXT = ASSETS / "tiny.jsonl"
 SPLITS = ("train", "validation")
 
 # Document i is in the validation split when i % period == period - 1.
-_VALIDATION_PERIOD = {"bundled": 50, "tiny": 6}
+_VALIDATION_PERIOD = {"bundled": 20, "tiny": 6}
 
 
 @functools.lru_cache(maxsize=2)

@@ -210,10 +210,11 @@ def hub_reachable(timeout_s: float = 3.0) -> str | None:
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return None  # a proxy decides; let datasets try
     url = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (80 if url.scheme == "http" else 443)
     try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s).close()
+        socket.create_connection((url.hostname, port), timeout=timeout_s).close()
     except OSError as e:
-        return f"cannot connect to {url.hostname}:{url.port or 443} ({e})"
+        return f"cannot connect to {url.hostname}:{port} ({e})"
     return None
 
 
