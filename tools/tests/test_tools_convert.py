@@ -17,7 +17,6 @@ import convert_hf_to_dcp  # noqa: E402
 import convert_meta_to_dcp  # noqa: E402
 import convert_torch_to_dcp  # noqa: E402
 from convert_common import run  # noqa: E402
-
 from titan_ckpt import CheckpointManager, ModelState, OptimizerState, load_model_weights  # noqa: E402
 
 SCRIPTS = ["convert_dcp_to_torch", "convert_torch_to_dcp", "convert_hf_to_dcp",

@@ -134,7 +134,7 @@ def main() -> None:
         results.append(r)
         print(json.dumps(r), flush=True)
     sync = next((r["steady_blocked_s"] for r in results if r["mode"] == "disabled"), None)
-    print(f"\n| mode | blocked per save (steady) | first save | vs sync | step time | size |")
+    print("\n| mode | blocked per save (steady) | first save | vs sync | step time | size |")
     print("|---|---|---|---|---|---|")
     for r in results:
         ratio = f"{100 * r['steady_blocked_s'] / sync:.1f}%" if sync else "-"

@@ -6,7 +6,6 @@ import pytest
 import torch
 from ckpt_testlib import HeadPermuteAdapter, make_model
 from safetensors.torch import load_file, save_file
-
 from titan_ckpt import CheckpointError
 from titan_ckpt.hf import export_hf, load_hf_weights
 

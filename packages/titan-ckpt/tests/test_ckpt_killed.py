@@ -6,7 +6,6 @@ import os
 
 import torch
 from ckpt_testlib import make_model
-
 from titan_ckpt import CheckpointManager, ModelState
 
 

@@ -5,8 +5,14 @@ import os
 
 import pytest
 import torch
-from ckpt_testlib import CountingLoader, assert_same, full_states, make_model, make_optimizer, train_step
-
+from ckpt_testlib import (
+    CountingLoader,
+    assert_same,
+    full_states,
+    make_model,
+    make_optimizer,
+    train_step,
+)
 from titan_ckpt import CheckpointError, CheckpointManager, ModelState, OptimizerState
 from titan_ckpt.layout import MARKER
 

@@ -18,7 +18,6 @@ from ckpt_testlib import (
     pipeline_part,
     train_step,
 )
-
 from titan_ckpt import CheckpointManager, ModelState, OptimizerState, create_seed_checkpoint
 from titan_ckpt.hf import export_hf, load_hf_weights
 from titan_mesh.testing import DistributedPool
@@ -43,7 +42,11 @@ def _fsdp(model):
 
 def _tp(model):
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
 
     mesh = init_device_mesh("cpu", (2,))
     for block in model.layers.values():

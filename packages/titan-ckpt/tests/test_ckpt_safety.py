@@ -7,7 +7,6 @@ import pickle
 import pytest
 import torch
 from ckpt_testlib import make_model
-
 from titan_ckpt import CheckpointError, CheckpointManager, ModelState, load_model_weights
 
 

@@ -18,7 +18,13 @@ import torch
 from . import layout
 from .dcp_io import load_dcp, read_dcp_metadata, save_dcp
 from .errors import CheckpointError
-from .hf import DEFAULT_SHARD_BYTES, HFAdapter, check_adapter, read_hf_state_dict, save_hf_state_dict
+from .hf import (
+    DEFAULT_SHARD_BYTES,
+    HFAdapter,
+    check_adapter,
+    read_hf_state_dict,
+    save_hf_state_dict,
+)
 from .weights import MODEL_KEY, cast_floats
 
 

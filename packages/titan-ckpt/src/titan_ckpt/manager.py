@@ -18,13 +18,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.stateful import Stateful
 
 from . import layout
 from .async_save import ASYNC_MODES, AsyncSaver
 from .dcp_io import dist_on, explain, load_dcp, save_dcp
 from .errors import CheckpointError, closest, short_list
-from .states import ModelState
+from .states import ModelState, check_states
 from .weights import ensure_single_process, load_model_weights, write_model_only
 
 
@@ -94,9 +93,9 @@ class CheckpointManager:
         layout.check_step(step)
         if not self.enable or not (force or self.should_save(step)):
             return False
-        states = self._check_states(states)
+        states = check_states(states)
         self.wait()
-        final = self._final(step)
+        final = self._agree(lambda: self._final(step))  # every rank proceeds, or all raise
         partial = layout.partial_dir(final, self._run_id)
         info = dict(step=step, kind="full", states=sorted(states), world_size=self._world)
         if self._saver is None:
@@ -122,9 +121,7 @@ class CheckpointManager:
         path. The result loads with `load` (into the ModelState) or `load_model_weights`.
         """
         self.wait()
-        final = self._final(target) if not isinstance(target, (str, os.PathLike)) else Path(target)
-        if isinstance(target, (str, os.PathLike)):
-            self._refuse_foreign(final)
+        final = self._agree(lambda: self._target(target))
         partial = layout.partial_dir(final, self._run_id)
         write_model_only(partial, model_parts, dtype, process_group=self._pg)
         step = target if isinstance(target, int) else None
@@ -189,7 +186,7 @@ class CheckpointManager:
         if not self.enable:
             return None
         self.wait()
-        states = self._check_states(states)
+        states = check_states(states)
         for name in exclude:
             if name not in states:
                 raise CheckpointError(f"exclude names {name!r}, which is not one of the states "
@@ -226,28 +223,18 @@ class CheckpointManager:
         self._refuse_foreign(final)
         return final
 
+    def _target(self, target: Any) -> Path:
+        if not isinstance(target, (str, os.PathLike)):
+            return self._final(target)
+        self._refuse_foreign(Path(target))
+        return Path(target)
+
     @staticmethod
     def _refuse_foreign(final: Path) -> None:
         if final.exists() and not (final / layout.MARKER).is_file():
             raise CheckpointError(
                 f"{final} exists and is not a titan-ckpt checkpoint; refusing to replace it "
                 "(move it away or choose another folder)")
-
-    @staticmethod
-    def _check_states(states: Mapping[str, Any]) -> dict[str, Any]:
-        if not isinstance(states, Mapping) or not states:
-            raise CheckpointError(f"states must be a non-empty dict of name -> Stateful, got {states!r}")
-        for name, value in states.items():
-            if not isinstance(name, str) or not name or "." in name or "/" in name:
-                raise CheckpointError(f"state name {name!r} must be a non-empty str without '.' or '/'")
-            # Raw modules/optimizers would save position-keyed or wrapper-prefixed state that
-            # does not reshard; the wrappers key everything by the model's own FQNs.
-            raw = isinstance(value, (nn.Module, torch.optim.Optimizer))
-            if raw or not isinstance(value, (Stateful, dict)):
-                raise CheckpointError(
-                    f"state {name!r} is a {type(value).__name__}; pass an object with state_dict() "
-                    "and load_state_dict() (wrap models in ModelState, optimizers in OptimizerState)")
-        return dict(states)
 
     def _pick_step(self, step: int | None) -> int | None:
         complete, other = layout.scan(self.folder)

@@ -9,7 +9,7 @@ merging the parts' dicts gives the same keys as the whole model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -106,3 +106,20 @@ class OptimizerState(Stateful):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         for m, o in zip(self.model_parts, self.optimizers):
             set_optimizer_state_dict(m, o, state_dict, options=_FLAT)
+
+
+def check_states(states: Mapping[str, Any]) -> dict[str, Any]:
+    """`states` as a dict, after checking names and that every value can save and load itself."""
+    if not isinstance(states, Mapping) or not states:
+        raise CheckpointError(f"states must be a non-empty dict of name -> Stateful, got {states!r}")
+    for name, value in states.items():
+        if not isinstance(name, str) or not name or "." in name or "/" in name:
+            raise CheckpointError(f"state name {name!r} must be a non-empty str without '.' or '/'")
+        # Raw modules/optimizers would save position-keyed or wrapper-prefixed state that
+        # does not reshard; the wrappers key everything by the model's own FQNs.
+        raw = isinstance(value, (nn.Module, torch.optim.Optimizer))
+        if raw or not isinstance(value, (Stateful, dict)):
+            raise CheckpointError(
+                f"state {name!r} is a {type(value).__name__}; pass an object with state_dict() "
+                "and load_state_dict() (wrap models in ModelState, optimizers in OptimizerState)")
+    return dict(states)
