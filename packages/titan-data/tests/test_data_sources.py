@@ -136,6 +136,8 @@ def test_bad_local_input_names_the_path(tok, tmp_path):
 
 
 def test_hub_datasets_fail_fast_and_clearly_offline(tok, monkeypatch):
+    for var in ("HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
     with pytest.raises(DataError, match="allenai/c4.*not reachable.*dataset='bundled'"):
