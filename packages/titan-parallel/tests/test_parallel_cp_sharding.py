@@ -15,7 +15,7 @@ from titan_parallel.context import (
     unshard_sequence,
     validate_cp,
 )
-from titan_parallel.pipeline import ParallelConfigError
+from titan_parallel.errors import ParallelConfigError
 
 
 def test_head_tail_order_pairs_chunk_r_with_its_mirror():
@@ -57,7 +57,7 @@ def test_load_balancing_evens_the_causal_work():
     (dict(cp_degree=2, seq_len=8, method="ulysses", n_heads=8, n_kv_heads=2, tp_degree=2), r"n_kv_heads=2"),
     (dict(cp_degree=2, seq_len=8, method="ulysses", n_heads=5), r"n_heads=5 = 5 heads"),
     (dict(cp_degree=2, seq_len=8, method="ulysses", load_balance=True), r"does not apply to Ulysses"),
-    (dict(cp_degree=2, seq_len=8, method="ulyses"), r"closest match: 'ulysses'"),
+    (dict(cp_degree=2, seq_len=8, method="ulyses"), r"closest: 'ulysses'"),
     (dict(cp_degree=2, seq_len=8, rotate="all2all"), r"rotate method 'all2all'"),
     (dict(cp_degree=1, seq_len=7, method="ulysses", n_heads=3), None),
 ])

@@ -10,10 +10,10 @@ import torch
 from test_parallel_pp_model import ToyConfig, ToyModel, batch, loss_fn, reference_run
 from titan_mesh import ParallelDims
 from titan_mesh.testing import DistributedPool
-from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
+from titan_parallel import apply_fsdp, apply_tp, init_weights
 from titan_parallel.context import apply_ulysses, context_parallel_ctx, shard_sequence, validate_cp
 
 SEQ, LOCAL_BATCH, STEPS, LR = 8, 4, 2, 0.5
@@ -44,14 +44,10 @@ def run_ulysses(cp: int, dp_shard: int, tp: int) -> dict:
     with torch.device("meta"):
         model = ToyModel(CFG)
     if tp > 1:
-        parallelize_module(model, dims.get_mesh("tp"), TP_PLAN)
+        apply_tp(model, dims.get_mesh("tp"), TP_PLAN)
     wrapped = apply_ulysses(model, cp_mesh)
-    fsdp_mesh = dims.get_mesh("dp_shard_cp")  # FSDP shards over data and context ranks together
-    for layer in model.layers.values():
-        fully_shard(layer, mesh=fsdp_mesh)
-    fully_shard(model, mesh=fsdp_mesh)
-    model.to_empty(device="cpu")
-    model.init_weights()
+    apply_fsdp(model, dims.get_mesh("dp_shard_cp"))  # FSDP shards over data and context ranks together
+    init_weights(model, device="cpu")
     tokens, labels = batch(LOCAL_BATCH * dp_shard, seq=SEQ)
     dp_rank = dims.get_mesh("dp_shard").get_local_rank() if dp_shard > 1 else 0
     mine = slice(dp_rank * LOCAL_BATCH, (dp_rank + 1) * LOCAL_BATCH)

@@ -12,10 +12,10 @@ import torch
 from test_parallel_pp_model import ToyModel, batch, loss_fn, reference_run
 from titan_mesh import ParallelDims
 from titan_mesh.testing import DistributedPool
-from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
+from titan_parallel import apply_fsdp, apply_tp, init_weights
 from titan_parallel.pipeline import build_pipeline_schedule, module_order_of, pipeline_split, pipeline_step
 
 STEPS, LR, LOCAL_BATCH = 2, 0.5, 8
@@ -47,14 +47,10 @@ def run_3d(schedule: str, stages_per_rank: int, axis: str) -> dict:
                            stages_per_rank=stages_per_rank)
     for module in parts.modules:
         if axis == "tp":
-            parallelize_module(module, dims.get_mesh("tp"), TP_PLAN)
-        else:
-            fsdp_mesh = dims.get_mesh("dp_shard_cp")
-            for layer in module.layers.values():
-                fully_shard(layer, mesh=fsdp_mesh, reshard_after_forward=False)
-            fully_shard(module, mesh=fsdp_mesh, reshard_after_forward=False)
-        module.to_empty(device="cpu")
-        module.init_weights()
+            apply_tp(module, dims.get_mesh("tp"), TP_PLAN)
+        else:  # microbatches reuse the gathered parameters: no resharding between them
+            apply_fsdp(module, dims.get_mesh("dp_shard_cp"), reshard_after_forward="never")
+        init_weights(module, device="cpu")
     tokens, labels = batch(LOCAL_BATCH * dims.dp_shard)
     dp_rank = dims.get_mesh("dp_shard").get_local_rank() if axis == "fsdp" else 0
     mine = slice(dp_rank * LOCAL_BATCH, (dp_rank + 1) * LOCAL_BATCH)

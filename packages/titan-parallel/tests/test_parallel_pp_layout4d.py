@@ -8,10 +8,10 @@ import torch
 from test_parallel_pp_model import ToyModel
 from titan_mesh import ParallelDims
 from titan_mesh.testing import fake_world
-from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, Shard
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
+from titan_parallel import apply_fsdp, apply_tp
 from titan_parallel.context import apply_ulysses, validate_cp
 from titan_parallel.pipeline import module_order_of, pipeline_split, validate_pipeline
 
@@ -39,11 +39,9 @@ def build_rank(rank: int, schedule: str) -> dict:
                                schedule=schedule, stages_per_rank=2)
         placements = {}
         for module in parts.modules:
-            parallelize_module(module, dims.get_mesh("tp"), TP_PLAN)
+            apply_tp(module, dims.get_mesh("tp"), TP_PLAN)
             apply_ulysses(module, dims.get_mesh("cp"))
-            for layer in module.layers.values():
-                fully_shard(layer, mesh=dims.get_mesh("dp_shard_cp"))
-            fully_shard(module, mesh=dims.get_mesh("dp_shard_cp"))
+            apply_fsdp(module, dims.get_mesh("dp_shard_cp"), reshard_after_forward="never")
             for name, p in module.named_parameters():
                 assert isinstance(p, DTensor), name
                 placements[name] = (p.device_mesh.mesh_dim_names, tuple(p.placements), tuple(p.to_local().shape))

@@ -17,7 +17,7 @@ from torch.distributed.device_mesh import DeviceMesh
 
 from titan_parallel.context.ulysses import ulysses_active
 from titan_parallel.context.validate import resolve_load_balance, validate_cp
-from titan_parallel.pipeline._errors import ParallelConfigError
+from titan_parallel.errors import ParallelConfigError
 
 
 def _check_buffers(buffers: Sequence[torch.Tensor], seq_dims: Sequence[int],

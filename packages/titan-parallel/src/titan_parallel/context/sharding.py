@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from titan_parallel.pipeline._errors import ParallelConfigError
+from titan_parallel.errors import ParallelConfigError
 
 
 def load_balance_indices(seq_len: int, cp_degree: int, device: torch.device | str | None = None) -> torch.Tensor:

@@ -11,7 +11,6 @@ attention instead of cp - 1 rotations.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +18,8 @@ import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
-from titan_parallel.pipeline._errors import ParallelConfigError
+from titan_parallel.errors import ParallelConfigError
+from titan_parallel.modules import match_modules
 
 _ACTIVE = [0]  # >0 while inside context_parallel_ctx(method="ulysses"); hooks are no-ops otherwise
 
@@ -64,8 +64,10 @@ def heads_to_seq(x: torch.Tensor, cp: int, group: Any) -> torch.Tensor:
 
 def apply_ulysses(model: nn.Module, cp_mesh: DeviceMesh, *,
                   attention_modules: str = "layers.*.attention.sdpa") -> list[str]:
-    """Make every attention core matching `attention_modules` (an fnmatch pattern over module
-    names) attend Ulysses-style over `cp_mesh`; return the names of the modules changed.
+    """Make every attention core matching `attention_modules` attend Ulysses-style over `cp_mesh`;
+    return the names of the modules changed. The pattern is a module name with '*' for one name
+    segment; activation-checkpoint and compile wrappers are looked through. Apply after TP and
+    before activation checkpointing, compile and FSDP.
 
     A core's forward(q, k, v, *rest) must take [B, H, S_local, D] tensors and return attention
     output of the same layout, attending causally (or fully) over the sequence it is given. The
@@ -74,15 +76,8 @@ def apply_ulysses(model: nn.Module, cp_mesh: DeviceMesh, *,
     """
     cp = cp_mesh.size()
     group = cp_mesh.get_group()
-    names = [n for n, _ in model.named_modules() if fnmatch.fnmatchcase(n, attention_modules)]
-    if not names:
-        sample = [n for n, _ in model.named_modules() if n][:8]
-        raise ParallelConfigError(
-            f"attention_modules={attention_modules!r} matches no module of {type(model).__name__}; "
-            f"module names look like: {', '.join(sample)}"
-        )
-    for name in names:
-        module = model.get_submodule(name)
+    found = match_modules(model, attention_modules, arg="attention_modules")
+    for name, module in found:
         if getattr(module, "_titan_ulysses", False):
             raise ParallelConfigError(f"apply_ulysses was already applied to {name!r}")
 
@@ -102,4 +97,4 @@ def apply_ulysses(model: nn.Module, cp_mesh: DeviceMesh, *,
         module.register_forward_pre_hook(pre, with_kwargs=True)
         module.register_forward_hook(post, with_kwargs=True)
         module._titan_ulysses = True
-    return names
+    return [name for name, _ in found]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from titan_parallel.pipeline._errors import ParallelConfigError, closest
+from titan_parallel.errors import ParallelConfigError, closest
 
 CP_METHODS = ("ring", "ulysses")
 ROTATE_METHODS = ("allgather", "alltoall")

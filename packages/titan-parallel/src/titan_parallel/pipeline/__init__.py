@@ -1,6 +1,5 @@
 """Pipeline parallel over torch.distributed.pipelining: stage split, every schedule by name, a step."""
 
-from titan_parallel.pipeline._errors import ParallelConfigError
 from titan_parallel.pipeline.build import (
     PipelineParts,
     PipelineSchedule,
@@ -25,7 +24,6 @@ from titan_parallel.pipeline.split import (
 
 __all__ = [
     "SCHEDULES",
-    "ParallelConfigError",
     "PassThrough",
     "PipelineParts",
     "PipelineSchedule",

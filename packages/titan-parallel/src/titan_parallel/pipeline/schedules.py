@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from titan_parallel.pipeline._errors import ParallelConfigError, closest
+from titan_parallel.errors import ParallelConfigError, closest
 
 
 @dataclass(frozen=True)

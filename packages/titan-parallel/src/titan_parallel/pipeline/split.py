@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from titan_parallel.pipeline._errors import ParallelConfigError, closest
+from titan_parallel.errors import ParallelConfigError, closest
 
 
 def is_block(name: str) -> bool:
