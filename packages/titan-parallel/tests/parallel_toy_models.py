@@ -84,7 +84,7 @@ class ToyGPT(nn.Module):
                 full = 1.0 + 0.1 * torch.randn(p.shape, generator=g)
             else:
                 full = torch.randn(p.shape, generator=g) * (0.5 / p.shape[-1] ** 0.5)
-            p.copy_(full.to(p.dtype))
+            p.copy_(full.to(device=p.device, dtype=p.dtype))
 
 
 def tp_plan(*, sequence_parallel: bool = True, loss_parallel: bool = True) -> dict:
@@ -129,8 +129,8 @@ def meta_model(**kwargs) -> ToyGPT:
         return ToyGPT(**kwargs)
 
 
-def reference_model(**kwargs) -> ToyGPT:
-    model = ToyGPT(**kwargs)
+def reference_model(device: str = "cpu", **kwargs) -> ToyGPT:
+    model = ToyGPT(**kwargs).to(device)
     with torch.no_grad():
         model.init_weights()
     return model
@@ -160,7 +160,7 @@ def make_optimizer(name: str, params, lr: float = 1e-2) -> torch.optim.Optimizer
 
 def compare_training(model: nn.Module, ref: nn.Module, *, optimizer: str, dp_rank: int = 0,
                      dp_size: int = 1, steps: int = 2, loss_parallel: bool = False,
-                     after_step=None) -> dict:
+                     after_step=None, device: str = "cpu") -> dict:
     """Train `model` (parallel, fed rows dp_rank of dp_size) and `ref` (one process, whole batch)
     side by side. Returns the worst relative differences of loss, gradients and parameters, and
     whether the initial parameters were bit-identical."""
@@ -178,7 +178,7 @@ def compare_training(model: nn.Module, ref: nn.Module, *, optimizer: str, dp_ran
     opt, ref_opt = make_optimizer(optimizer, params), make_optimizer(optimizer, ref_params)
     ctx = loss_parallel_ctx if loss_parallel else contextlib.nullcontext
     for step in range(steps):
-        x, y = batch(step)
+        x, y = (t.to(device) for t in batch(step))
         rows = slice(dp_rank * x.shape[0] // dp_size, (dp_rank + 1) * x.shape[0] // dp_size)
         with ctx():
             loss = loss_fn(model(x[rows]), y[rows])

@@ -6,10 +6,9 @@ import torch
 import torch.distributed as dist
 from parallel_toy_models import compare_training, full, meta_model, reference_model, tp_plan
 from titan_mesh.testing import DistributedPool
+from titan_parallel import apply_fsdp, apply_tp, clip_grad_norm_, init_weights, parallelize
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
-
-from titan_parallel import apply_fsdp, apply_tp, clip_grad_norm_, init_weights, parallelize
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -13,7 +13,13 @@ from titan_parallel.errors import ParallelConfigError
 from titan_parallel.float8 import apply_float8, float8_linear_names, precompute_float8_scales
 from titan_parallel.init import init_context, init_weights
 from titan_parallel.modules import find_repeated_blocks, resolve_units
-from titan_parallel.parallelize import ACOptions, CompileOptions, Float8Options, FSDPOptions, parallelize
+from titan_parallel.parallelize import (
+    ACOptions,
+    CompileOptions,
+    Float8Options,
+    FSDPOptions,
+    parallelize,
+)
 from titan_parallel.tensor_parallel import apply_tp, check_tp_degree
 
 __version__ = "0.1.0"

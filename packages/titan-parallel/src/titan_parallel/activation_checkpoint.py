@@ -20,7 +20,10 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+    CheckpointImpl,
+    checkpoint_wrapper,
+)
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
 from titan_parallel.errors import ParallelConfigError, one_of
@@ -65,22 +68,28 @@ class OpPolicy:
     save_ops: frozenset = DEFAULT_SAVE_OPS
     recompute_every_nth_matmul: int = 2
 
-    def context_fn(self) -> tuple:
-        """Fresh forward/recompute contexts for one checkpointed call (counters start at 0)."""
-        counts = {"forward": 0, "recompute": 0}
-        n = self.recompute_every_nth_matmul
+    def context_fn(self) -> Callable[[], tuple]:
+        """checkpoint's context_fn: a functools.partial of a plain function, the form that
+        torch.compile can trace (it tags ops at compile time)."""
+        return functools.partial(_selective_contexts, self.save_ops, self.recompute_every_nth_matmul)
 
-        def policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
-            if op not in self.save_ops:
+
+def _selective_contexts(save_ops: frozenset, n: int) -> tuple:
+    """Fresh forward/recompute contexts for one checkpointed call: counters start at 0, so
+    forward and recompute number the matmuls alike even when recompute stops early."""
+    counts = {"forward": 0, "recompute": 0}
+
+    def policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+        if op not in save_ops:
+            return CheckpointPolicy.PREFER_RECOMPUTE
+        if op in MATMUL_OPS and n > 0:
+            key = "recompute" if ctx.is_recompute else "forward"
+            counts[key] += 1
+            if counts[key] % n == 0:
                 return CheckpointPolicy.PREFER_RECOMPUTE
-            if op in MATMUL_OPS and n > 0:
-                key = "recompute" if ctx.is_recompute else "forward"
-                counts[key] += 1
-                if counts[key] % n == 0:
-                    return CheckpointPolicy.PREFER_RECOMPUTE
-            return CheckpointPolicy.MUST_SAVE
+        return CheckpointPolicy.MUST_SAVE
 
-        return create_selective_checkpoint_contexts(policy)
+    return create_selective_checkpoint_contexts(policy)
 
 
 def check_ac(*, mode: str, layer_freq: int | str | None = None, op_policy: object = None) -> int | None:
@@ -126,7 +135,7 @@ def apply_ac(
     if mode == "selective" and freq is None:
         policy = op_policy if op_policy is not None else OpPolicy()
         if isinstance(policy, OpPolicy):
-            kwargs["context_fn"] = policy.context_fn
+            kwargs["context_fn"] = policy.context_fn()
         elif callable(policy):
             kwargs["context_fn"] = functools.partial(create_selective_checkpoint_contexts, policy)
         else:

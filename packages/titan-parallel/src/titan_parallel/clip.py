@@ -19,7 +19,6 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Replicate
 
 
-
 def reduce_partial(grad: torch.Tensor) -> torch.Tensor:
     """A DTensor with Partial placements (pending sums, e.g. the gradient of a sequence-parallel
     norm weight) redistributed to Replicate on those dims; anything else unchanged."""

@@ -51,6 +51,8 @@ def match_modules(model: nn.Module, pattern: str, *, arg: str) -> list[tuple[str
     found = [(n, m) for n, m in modules.items() if pattern_matches(pattern, n)]
     if not found:
         names = [n for n in modules if n]
+        if "*" in pattern:  # suggest patterns: 'layers.0.attn' and 'layers.1.attn' -> 'layers.*.attn'
+            names = list(dict.fromkeys(".".join("*" if s.isdigit() else s for s in n.split(".")) for n in names))
         raise ParallelConfigError(
             f"{arg}: {pattern!r} matches no submodule of {type(model).__name__}{closest(pattern, names)}; "
             "names are dotted module paths such as 'layers.0.attention', with '*' for one segment"
@@ -82,7 +84,8 @@ def find_repeated_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def resolve_units(model: nn.Module, units: Units, *, arg: str = "units") -> list[tuple[str, nn.Module]]:
-    """Units as (clean name, module): found automatically for None, else each pattern or module."""
+    """Units as (clean name, module): found automatically for None, else each pattern or module.
+    A name of a ModuleList/ModuleDict ("layers") stands for its children."""
     if units is None:
         return find_repeated_blocks(model)
     if isinstance(units, str):
@@ -98,7 +101,13 @@ def resolve_units(model: nn.Module, units: Units, *, arg: str = "units") -> list
             out.setdefault(by_id[id(unit)], clean[by_id[id(unit)]])
         elif isinstance(unit, str):
             for name, module in match_modules(model, unit, arg=arg):
-                out.setdefault(name, module)
+                if isinstance(_unwrap(module), (nn.ModuleList, nn.ModuleDict)):
+                    # A container is never called: it stands for its children ("layers").
+                    prefix = f"{name}." if name else ""
+                    for child, sub in _unwrap(module).named_children():
+                        out.setdefault(prefix + child, sub)
+                else:
+                    out.setdefault(name, module)
         else:
             raise ParallelConfigError(f"{arg}: entries must be module names or modules, got {unit!r}")
     return list(out.items())

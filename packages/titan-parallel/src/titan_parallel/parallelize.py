@@ -18,7 +18,13 @@ from torch.distributed.tensor.parallel import ParallelStyle
 
 from titan_parallel.activation_checkpoint import OpPolicy, apply_ac, check_ac
 from titan_parallel.compile import apply_compile
-from titan_parallel.data_parallel import ReshardAfterForward, apply_ddp, apply_fsdp, as_dtype, check_dp_mesh
+from titan_parallel.data_parallel import (
+    ReshardAfterForward,
+    apply_ddp,
+    apply_fsdp,
+    as_dtype,
+    check_dp_mesh,
+)
 from titan_parallel.errors import ParallelConfigError, one_of
 from titan_parallel.float8 import apply_float8, check_float8
 from titan_parallel.modules import Units, resolve_units

@@ -13,7 +13,12 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, RowwiseParallel, parallelize_module
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    ParallelStyle,
+    RowwiseParallel,
+    parallelize_module,
+)
 
 from titan_parallel.errors import ParallelConfigError
 from titan_parallel.modules import match_modules, named_modules_clean
@@ -138,9 +143,9 @@ def _enable_async_tp(model: nn.Module, mesh: DeviceMesh) -> None:
 
     def warn_if_eager(module: nn.Module, args: object) -> None:
         # Micro-pipelining is an inductor pass: without compile nothing overlaps.
-        compiled = torch.compiler.is_compiling() or any(
-            type(m).__name__ == "OptimizedModule" for m in module.modules())
-        if not compiled:
+        if torch.compiler.is_compiling():
+            return  # the whole model is compiled; nothing to say
+        if not any(type(m).__name__ == "OptimizedModule" for m in module.modules()):
             warnings.warn("async_tp=True has no effect: no part of the model is compiled "
                           "(use apply_compile)", stacklevel=2)
         handle.remove()
