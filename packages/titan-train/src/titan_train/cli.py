@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     from titan_train.trainer.loop import TrainingDiverged
 
     errors = user_error_types()
+    import torch.distributed as dist
+
+    owns_group = not dist.is_initialized()  # a caller's group (tests, notebooks) is left alone
     try:
         cfg = build_config(argv)
         check_config(cfg)
@@ -87,9 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         print("titan-train: interrupted", file=sys.stderr)
         return 130
     finally:
-        from titan_mesh import destroy_distributed
+        if owns_group:
+            from titan_mesh import destroy_distributed
 
-        destroy_distributed()
+            destroy_distributed()
 
 
 def entry() -> None:

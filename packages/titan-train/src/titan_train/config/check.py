@@ -66,8 +66,6 @@ def check_config(c: JobConfig) -> None:
     for conv in c.model.converters:
         if conv not in CONVERTERS:
             raise ConfigError(f"model.converters: unknown converter {conv!r}; known: {CONVERTERS[0]}")
-    if c.model.attn_mask == "block_causal" and c.model.attn_backend != "flex":
-        raise ConfigError("model.attn_mask = 'block_causal' needs model.attn_backend = 'flex'")
     unknown = set(c.checkpoint.exclude_from_loading) - {"model", "optimizer", "lr_scheduler", "dataloader",
                                                          "train_state"}
     if unknown:

@@ -30,7 +30,7 @@ class Model:
     vocab_size: int = opt(-1, "-1: the tokenizer's size; else this (must cover the tokenizer's ids)")
     tie_embeddings: bool | None = opt(None, "share input and output embeddings; unset = the flavor's choice")
     attn_backend: str = opt("sdpa", "attention kernel", choices=("sdpa", "flex"))
-    attn_mask: str = opt("causal", "causal, or block_causal: no attention across documents (needs flex)",
+    attn_mask: str = opt("causal", "causal, or block_causal: no attention across documents (EOS-separated)",
                          choices=("causal", "block_causal"))
     print_after_conversion: bool = opt(False, "print the model after float8 conversion")
 

@@ -27,8 +27,10 @@ class Parallelism:
     pipeline_parallel_split_points: list[str] = opt([], "module names where new stages begin, e.g. layers.4")
     module_fqns_per_model_part: list[list[str]] | None = opt(None, "explicit module names for each stage")
     context_parallel_degree: int = opt(1, "context parallel ranks (sequence sharding, GPU only)")
-    context_parallel_rotate_method: str = opt("allgather", "ring attention KV rotation; alltoall_heads = Ulysses",
-                                              choices=("allgather", "alltoall", "alltoall_heads"))
+    context_parallel_method: str = opt("ring", "ring (torch's ring attention, GPU) or ulysses (all-to-all over "
+                                       "heads; heads / tp must divide by cp)", choices=("ring", "ulysses"))
+    context_parallel_rotate_method: str = opt("allgather", "how ring attention passes KV shards",
+                                              choices=("allgather", "alltoall"))
 
 
 @dataclass

@@ -67,6 +67,9 @@ def parallelize_part(part: nn.Module, spec, cfg: JobConfig, dims: ParallelDims, 
         loss_parallel = not p.disable_loss_parallel and not pipelined
         tp_lib.apply_tp(part, dims.get_mesh("tp"), _tp_plan_for(spec, part, loss_parallel=loss_parallel),
                         async_tp=p.enable_async_tensor_parallel)
+    from titan_train.trainer.pipeline import apply_cp
+
+    apply_cp(part, cfg, dims)
     if ac.mode != "none":
         if ac.mode == "selective" and ac.selective_ac_option != "op":
             tp_lib.apply_ac(part, mode="selective", layer_freq=int(ac.selective_ac_option))
@@ -78,7 +81,9 @@ def parallelize_part(part: nn.Module, spec, cfg: JobConfig, dims: ParallelDims, 
     if uses_fsdp(dims, device, cfg):
         param_dtype = _dtype(cfg.training.mixed_precision_param) if on_gpu else torch.float32
         reduce_dtype = _dtype(cfg.training.mixed_precision_reduce) if on_gpu else torch.float32
-        reshard = {"default": not pipelined, "always": True, "never": False}[p.fsdp_reshard_after_forward]
+        # under PP several microbatches reuse the gathered params: keep them ("default" there = never)
+        reshard = {"default": False if pipelined else "default", "always": True,
+                   "never": False}[p.fsdp_reshard_after_forward]
         mesh = dims.fsdp_mesh() if dims.world_size > 1 else dims.get_mesh("world")
         tp_lib.apply_fsdp(part, mesh, param_dtype=param_dtype, reduce_dtype=reduce_dtype,
                           reshard_after_forward=reshard, cpu_offload=cfg.training.enable_cpu_offload)

@@ -22,6 +22,7 @@ from titan_train.trainer.setup import (
     build_tokenizer_and_spec,
     check_dump_folder,
     mesh_of,
+    plan_layout,
     seed_everything,
     setup_distributed,
 )
@@ -59,11 +60,12 @@ def _optimizers(cfg: JobConfig, parts):
 def build_run(cfg: JobConfig) -> Run:
     check_dump_folder(cfg.job.dump_folder)
     spec, tokenizer = build_tokenizer_and_spec(cfg)           # unknown model/flavor, tokenizer file
-    layout = setup_distributed(cfg)                           # degrees vs world size, then groups
+    plan = plan_layout(cfg)                                   # degrees vs world size, batch sizes
+    args = build_model_args(cfg, spec, tokenizer.vocab_size, plan.dims)  # TP/CP vs heads
+    if plan.dims.cp > 1:
+        pipeline.validate_cp(cfg, plan.dims, args)
+    layout = setup_distributed(cfg, plan)                     # process groups only after all checks
     dims, device = layout.dims, layout.info.device
-    args = build_model_args(cfg, spec, tokenizer.vocab_size, dims)  # TP/CP vs heads
-    if dims.cp > 1:
-        pipeline.validate_cp(cfg, dims, args)
     if cfg.validation.enable and dims.pp > 1:
         raise ConfigError("validation.enable with pipeline_parallel_degree > 1 is not supported yet")
     if cfg.validation.enable and layout.dp_size > 1 and cfg.validation.steps < 1:
@@ -81,7 +83,8 @@ def build_run(cfg: JobConfig) -> Run:
         stages, parts = None, [model]
     parts = [parallelize_part(p, spec, cfg, dims, device, pipelined=dims.pp > 1) for p in parts]
     for part in parts:
-        tp_lib.init_weights(part, device=device)
+        # with FSDP CPU offload the sharded parameters live on the CPU
+        tp_lib.init_weights(part, device="cpu" if cfg.training.enable_cpu_offload else device)
         part.train()
 
     optimizers, schedulers = _optimizers(cfg, parts)
@@ -127,6 +130,6 @@ def _banner(run: Run, layout, args) -> str:
     deg = ", ".join(f"{k}={v}" for k, v in dims.enabled_dims()) or "single process"
     note = f" ({run.peak.note})" if run.peak.note else ""
     return (f"Titan: {cfg.model.name} {cfg.model.flavor} on {layout.info.world_size} x {run.device.type}"
-            f" [{deg}]{note}; local params {n:,}; global batch {layout.global_batch} x {cfg.training.seq_len} "
+            f" [{deg}]{note}; {n / 1e6:,.1f}M params; global batch {layout.global_batch} x {cfg.training.seq_len} "
             f"tokens ({layout.accum_steps} micro-batch(es)/step); {cfg.training.steps} steps; dump folder "
             f"{cfg.job.dump_folder}")

@@ -45,6 +45,8 @@ def attach(run: Run, layout, spec, args) -> None:
         run.ckpt = titan_ckpt.CheckpointManager(dump_path(cfg, c.folder), interval=c.interval,
                                                 keep_latest_k=c.keep_latest_k, async_mode=c.async_mode)
         run.states = _states(run, layout.dp_rank)
+        # async_with_pinned_mem copies parameters on a side stream: finish before they change
+        run.step_runner.before_optimizer_step = run.ckpt.wait_for_staging
     loaded = None
     if run.ckpt is not None:
         wanted = c.load_step if c.load_step >= 0 else None

@@ -89,7 +89,7 @@ def train(run: Run) -> int:
                 if is_log:
                     elapsed = time.perf_counter() - window_start
                     step_time = elapsed / window_steps
-                    record = run.metric_record(state.step, loss, grad_norm, window_tokens, elapsed,
+                    record = run.metric_record(state.step, loss, grad_norm, result.lr, window_tokens, elapsed,
                                                window_data_s)
                     record.update(memory_stats(run.device))
                     if run.validate_now(state.step):

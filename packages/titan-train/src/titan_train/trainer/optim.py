@@ -36,12 +36,12 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return groups
 
 
-def _kernel_flags(impl: str, params: list[torch.Tensor]) -> dict:
+def _kernel_flags(impl: str, name: str, params: list[torch.Tensor]) -> dict:
     if impl == "for-loop":
         return {"foreach": False}
     devices = {p.device.type for p in params}
-    # fused Adam/SGD exist for CUDA (and CPU for recent torch); fall back to foreach when unsure
-    if impl == "fused" and devices <= {"cuda", "cpu"}:
+    # Fused Adam(W) on CUDA has DTensor support; fused SGD and the CPU kernels do not: use foreach.
+    if impl == "fused" and devices == {"cuda"} and name in ("AdamW", "Adam"):
         return {"fused": True}
     return {"foreach": True}
 
@@ -49,7 +49,7 @@ def _kernel_flags(impl: str, params: list[torch.Tensor]) -> dict:
 def build_optimizer(model: nn.Module, s: OptimizerSettings) -> torch.optim.Optimizer:
     """One optimizer per model part (pipeline stages hold different parameters)."""
     groups = _param_groups(model, s.weight_decay)
-    flags = _kernel_flags(s.implementation, [p for g in groups for p in g["params"]])
+    flags = _kernel_flags(s.implementation, s.name, [p for g in groups for p in g["params"]])
     if s.name in ("AdamW", "Adam"):
         cls = torch.optim.AdamW if s.name == "AdamW" else torch.optim.Adam
         if cls is torch.optim.Adam:

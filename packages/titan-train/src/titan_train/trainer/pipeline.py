@@ -7,7 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-import titan_parallel as tp_lib
+from titan_parallel import context as cp_lib
+from titan_parallel import pipeline as pp_lib
 from titan_mesh import ParallelDims
 from titan_train.config import JobConfig
 
@@ -15,16 +16,16 @@ from titan_train.config import JobConfig
 def split(cfg: JobConfig, dims: ParallelDims, model: nn.Module, spec):
     """This rank's stages of the meta model: (PipelineParts, list of stage modules)."""
     p = cfg.parallelism
-    order = tp_lib.module_order_of(model, spec.blocks)
+    order = pp_lib.module_order_of(model, spec.blocks)
     split_points = p.module_fqns_per_model_part
     if split_points is None and p.pipeline_parallel_split_points:
         split_points = _from_split_points(order, p.pipeline_parallel_split_points)
     stages_per_rank = None
     if p.pipeline_parallel_layers_per_stage is not None and split_points is None:
-        n_blocks = sum(tp_lib.pipeline.split.is_block(m) for m in order)
+        n_blocks = sum(pp_lib.split.is_block(m) for m in order)
         per = p.pipeline_parallel_layers_per_stage
         stages_per_rank = max(1, -(-n_blocks // per) // dims.pp)
-    parts = tp_lib.pipeline_split(model, dims.get_mesh("pp"), module_order=order,
+    parts = pp_lib.pipeline_split(model, dims.get_mesh("pp"), module_order=order,
                                   schedule=p.pipeline_parallel_schedule, stages_per_rank=stages_per_rank,
                                   split_points=split_points)
     return parts, list(parts.modules)
@@ -61,12 +62,12 @@ class Pipeline:
             # the schedule divides by the microbatch count; accumulation divides by its steps
             return loss_fn(out, target) / accum_steps
 
-        self.pipe = tp_lib.build_pipeline_schedule(
+        self.pipe = pp_lib.build_pipeline_schedule(
             parts, dims.get_mesh("pp"), loss_fn=loss, microbatch_size=cfg.parallelism.pipeline_parallel_microbatch_size,
             local_batch_size=cfg.training.local_batch_size, device=device)
 
     def step(self, inputs: torch.Tensor, labels: torch.Tensor, *, accum_steps: int) -> torch.Tensor:  # noqa: ARG002
-        loss = tp_lib.pipeline_step(self.pipe, inputs, labels)
+        loss = pp_lib.pipeline_step(self.pipe, inputs, labels)
         return loss if loss is not None else torch.zeros((), device=self.device)
 
 
@@ -75,15 +76,22 @@ def build_pipeline(cfg: JobConfig, dims: ParallelDims, parts, modules, loss_fn, 
 
 
 def validate_cp(cfg: JobConfig, dims: ParallelDims, args) -> None:
-    tp_lib.validate_cp(seq_len=cfg.training.seq_len, cp_degree=dims.cp, n_heads=args.n_heads,
-                       n_kv_heads=args.n_kv_heads, tp_degree=dims.tp,
-                       method=cfg.parallelism.context_parallel_rotate_method)
+    p = cfg.parallelism
+    cp_lib.validate_cp(cp_degree=dims.cp, seq_len=cfg.training.seq_len, method=p.context_parallel_method,
+                       rotate=p.context_parallel_rotate_method, n_heads=args.n_heads, tp_degree=dims.tp)
 
 
 def cp_context(cfg: JobConfig, dims: ParallelDims, parts: list[nn.Module], batch: list[torch.Tensor]):
     """Shard inputs, labels and the RoPE tables along the sequence for this step's forward/backward."""
     buffers = list(batch) + [m.freqs_cis for m in parts if getattr(m, "freqs_cis", None) is not None]
     seq_dims = [1] * len(batch) + [0] * (len(buffers) - len(batch))
-    return tp_lib.context_parallel_ctx(dims.get_mesh("cp"), buffers=buffers, seq_dims=seq_dims,
-                                       no_restore_buffers=set(batch),
-                                       rotate=cfg.parallelism.context_parallel_rotate_method)
+    p = cfg.parallelism
+    return cp_lib.context_parallel_ctx(dims.get_mesh("cp"), buffers=buffers, seq_dims=seq_dims,
+                                       no_restore_buffers=list(batch), method=p.context_parallel_method,
+                                       rotate=p.context_parallel_rotate_method)
+
+
+def apply_cp(part: nn.Module, cfg: JobConfig, dims: ParallelDims) -> None:
+    """Ulysses swaps the attention cores' behaviour once; ring attention needs nothing up front."""
+    if dims.cp > 1 and cfg.parallelism.context_parallel_method == "ulysses":
+        cp_lib.apply_ulysses(part, dims.get_mesh("cp"))

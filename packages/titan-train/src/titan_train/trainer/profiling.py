@@ -19,11 +19,11 @@ class _NoProfiler:
 
 def configure_flight_recorder(cfg: JobConfig) -> None:
     """Must run before the process group exists: NCCL reads these when it starts."""
-    if cfg.comm.trace_buf_size > 0:
-        os.environ.setdefault("TORCH_NCCL_TRACE_BUFFER_SIZE", str(cfg.comm.trace_buf_size))
+    if cfg.comm.trace_buf_size > 0 and torch.cuda.is_available():
+        os.environ.setdefault("TORCH_FR_BUFFER_SIZE", str(cfg.comm.trace_buf_size))
         folder = Path(cfg.job.dump_folder).expanduser() / cfg.comm.save_traces_folder
         folder.mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault("TORCH_NCCL_DEBUG_INFO_TEMP_FILE", str(folder / "rank_"))
+        os.environ.setdefault("TORCH_FR_DUMP_TEMP_FILE", str(folder / "rank_"))
         os.environ.setdefault("TORCH_NCCL_DUMP_ON_TIMEOUT", "1")
 
 

@@ -42,14 +42,14 @@ class Run:
     validator: Callable[[], float] | None = None
     profiler: Callable[[], Any] = contextlib.nullcontext
 
-    def metric_record(self, step: int, loss: float, grad_norm: float, window_tokens: int, elapsed: float,
-                      data_s: float) -> dict[str, Any]:
+    def metric_record(self, step: int, loss: float, grad_norm: float, lr: float, window_tokens: int,
+                      elapsed: float, data_s: float) -> dict[str, Any]:
         # Tokens per second per device: the whole job's tokens over all devices, so the number is
         # comparable across layouts (TP/PP/CP ranks share tokens; DP ranks each bring their own).
         steps_in_window = max(1, window_tokens // max(1, self._local_tokens_per_step()))
         tps = self.tokens_per_step * steps_in_window / elapsed / self.world_size
         record: dict[str, Any] = {"step": step, "loss": loss, "grad_norm": grad_norm,
-                                  "lr": self.schedulers[0].get_last_lr()[0], "tokens_per_second": tps,
+                                  "lr": lr, "tokens_per_second": tps,
                                   "step_time_s": elapsed / steps_in_window,
                                   "data_loading_pct": 100.0 * data_s / elapsed}
         tflops = tps * self.flops_per_token / 1e12

@@ -43,17 +43,26 @@ def check_dump_folder(folder: str) -> Path:
     return path
 
 
-def setup_distributed(cfg: JobConfig) -> Layout:
-    """Process group, device, degrees and batch arithmetic; errors name the keys involved."""
+@dataclass
+class LayoutPlan:
+    dims: ParallelDims
+    device_type: str
+    dp_size: int
+    accum_steps: int
+    global_batch: int
+
+
+def plan_layout(cfg: JobConfig) -> LayoutPlan:
+    """Degrees and batch arithmetic from the config and WORLD_SIZE; no process group yet."""
     p, t = cfg.parallelism, cfg.training
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     world = int(os.environ.get("WORLD_SIZE", "1"))
     dims = ParallelDims(dp_replicate=p.data_parallel_replicate_degree, dp_shard=p.data_parallel_shard_degree,
                         cp=p.context_parallel_degree, tp=p.tensor_parallel_degree,
-                        pp=p.pipeline_parallel_degree, world_size=world)  # validates before any group
-    if dims.cp > 1 and device_type != "cuda":
-        raise ConfigError("parallelism.context_parallel_degree > 1 needs GPUs: torch's ring attention "
-                          "does not run on CPU")
+                        pp=p.pipeline_parallel_degree, world_size=world)
+    if dims.cp > 1 and device_type != "cuda" and p.context_parallel_method == "ring":
+        raise ConfigError("parallelism.context_parallel_degree > 1 with context_parallel_method = 'ring' needs "
+                          "GPUs (torch's ring attention does not run on CPU); 'ulysses' runs anywhere")
     dp = dims.dp_replicate * dims.dp_shard
     global_batch = t.global_batch_size if t.global_batch_size > 0 else t.local_batch_size * dp
     if global_batch % (t.local_batch_size * dp):
@@ -62,14 +71,20 @@ def setup_distributed(cfg: JobConfig) -> Layout:
     if dims.pp > 1 and t.local_batch_size % p.pipeline_parallel_microbatch_size:
         raise ConfigError(f"training.local_batch_size = {t.local_batch_size} must be divisible by "
                           f"parallelism.pipeline_parallel_microbatch_size = {p.pipeline_parallel_microbatch_size}")
-    single_pg = device_type == "cuda" and world == 1  # FSDP mixed precision on one GPU needs a group
-    info = init_distributed(device_type=device_type, timeout_s=cfg.comm.init_timeout_seconds,
+    return LayoutPlan(dims, device_type, dp, global_batch // (t.local_batch_size * dp), global_batch)
+
+
+def setup_distributed(cfg: JobConfig, plan: LayoutPlan) -> Layout:
+    """Process group, device and mesh for a checked plan."""
+    dims = plan.dims
+    single_pg = plan.device_type == "cuda" and dims.world_size == 1  # FSDP mixed precision on one GPU
+    info = init_distributed(device_type=plan.device_type, timeout_s=cfg.comm.init_timeout_seconds,
                             single_process_group=single_pg)
-    if world > 1 or single_pg:
-        dims.build_mesh(device_type)
+    if dims.world_size > 1 or single_pg:
+        dims.build_mesh(plan.device_type)
     dp_mesh = mesh_of(dims, "dp")
     dp_rank = dp_mesh.get_local_rank() if dp_mesh is not None else 0
-    return Layout(info, dims, dp_rank, dp, global_batch // (t.local_batch_size * dp), global_batch)
+    return Layout(info, dims, dp_rank, plan.dp_size, plan.accum_steps, plan.global_batch)
 
 
 def seed_everything(cfg: JobConfig, layout: Layout) -> int:

@@ -42,13 +42,13 @@ class SchedulersState:
 class LoaderState:
     """The data loader's position, keyed by data-parallel rank (DCP keeps one copy per key).
 
-    A loader whose state is the same on every rank (`layout_independent`) is stored once, so it
-    resumes under any data-parallel degree.
+    A pre-tokenized loader's state is the same on every rank (samples consumed of one global
+    order), so it is stored once and resumes under any data-parallel degree.
     """
 
     def __init__(self, loader, dp_rank: int) -> None:
         self.loader, self.dp_rank = loader, dp_rank
-        self.shared = bool(getattr(loader, "layout_independent", False))
+        self.shared = getattr(loader, "mode", None) == "pretokenized"
 
     def _key(self) -> str:
         return "all_ranks" if self.shared else f"dp_rank_{self.dp_rank}"

@@ -23,6 +23,7 @@ class StepResult:
     grad_norm: torch.Tensor   # global gradient norm before clipping
     data_time_s: float        # time spent waiting for batches
     tokens: int               # tokens this rank consumed
+    lr: float                 # the learning rate this step trained with
 
 
 class StepRunner:
@@ -32,6 +33,8 @@ class StepRunner:
                  accum_steps: int, max_norm: float, loss_fn: Callable, clip_fn: Callable,
                  train_context: Callable[[list[torch.Tensor]], contextlib.AbstractContextManager],
                  pipeline=None, after_optimizer_step: Callable[[], None] | None = None) -> None:
+        # set by the trainer: e.g. wait for an async checkpoint to finish copying the parameters
+        self.before_optimizer_step: Callable[[], None] | None = None
         self.parts, self.optimizers, self.schedulers = parts, optimizers, schedulers
         self.device, self.accum_steps, self.max_norm = device, accum_steps, max_norm
         self.loss_fn, self.clip_fn, self.train_context = loss_fn, clip_fn, train_context
@@ -67,10 +70,13 @@ class StepRunner:
                 total += loss.full_tensor() if hasattr(loss, "full_tensor") else loss  # loss-parallel DTensor
         max_norm = self.max_norm if self.max_norm > 0 else float("inf")
         grad_norm = self.clip_fn(self.params, max_norm)
+        lr = self.optimizers[0].param_groups[0]["lr"]
+        if self.before_optimizer_step is not None:
+            self.before_optimizer_step()
         for opt in self.optimizers:
             opt.step()
         for sched in self.schedulers:
             sched.step()
         if self.after_optimizer_step is not None:
             self.after_optimizer_step()
-        return StepResult(total, grad_norm, data_time, tokens)
+        return StepResult(total, grad_norm, data_time, tokens, lr)

@@ -1,0 +1,150 @@
+"""Analytic activation memory of a Llama block and of the loss head, in bytes per token.
+
+Each term is a tensor autograd (or an activation-checkpoint policy) keeps between forward and
+backward, read off Titan's TransformerBlock (titan_models.llama.model / attention):
+
+    x -> attention_norm -> wq, wk, wv -> RoPE(q, k) -> repeat k, v to all heads -> SDPA -> wo -> + x
+      -> ffn_norm -> w1, w3 -> silu(w1) * w3 -> w2 -> + h
+
+With p = bytes of the activation dtype (2 for bf16), d = dim, q = n_heads * head_dim, kv =
+n_kv_heads * head_dim, H = FFN hidden size, n = n_heads, t = TP degree (sequence parallel shards
+the residual stream by t as well), per layer and per token on one rank:
+
+    no AC, eager   p*(2d/t + 2d + 4q/t + 4H/t) + 4n/t + 8/t
+                   = inputs of both norms (+ fp32 rstd), both norm outputs (matmul inputs, all-gathered
+                     to the full sequence under TP), q after RoPE, k and v repeated to n heads, the
+                     attention output (+ fp32 logsumexp), w1/w3 outputs, silu output, their product
+    no AC, compile p*(2d/t + 2d + 4q/t + 2H/t) + 4n/t + 8/t
+                   inductor recomputes silu and the product from the saved w1/w3 outputs
+    full AC        p*d/t   (the block input; one layer is recomputed at a time in backward)
+    selective op   p*(d/t + q/t + kv/t + q/t + H/t + d) + 4n/t  [+ 2p*d/t reduce-scatter outputs, TP]
+                   = titan_parallel's OpPolicy: the outputs of the 1st, 3rd, 5th and 7th matmul (wq, wv,
+                     w1, w2), the attention output and logsumexp, plus the block input
+    selective k    every k-th layer full AC, the others no AC
+
+The loss head keeps the final norm's input and output, the logits (p*V/t with loss parallel, else
+p*V) and, eager, log_softmax's float32 output (4V); its backward briefly adds two float32 V-wide
+gradients. torch.compile'd loss keeps the logits and a float32 logsumexp and its backward makes
+one V-wide gradient in the logits' dtype.
+
+Checked on CPU by counting live storages (tests, measure.LiveBytes) and on GPU with
+`python -m titan_train.memory.calibrate` (numbers in tools/README.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ActShape:
+    """What the activation formulas need to know about the model and its TP layout."""
+
+    dim: int
+    q_dim: int          # n_heads * head_dim
+    kv_dim: int         # n_kv_heads * head_dim
+    hidden: int         # FFN hidden size
+    n_heads: int
+    vocab: int
+    tp: int = 1         # tensor parallel degree (with sequence parallel when > 1)
+    loss_parallel: bool = True
+    act_bytes: int = 2  # bf16 activations under mixed precision, 4 without
+    fused_norm: bool = True  # CUDA RMSNorm kernel saves input + rstd; CPU saves fp32 copies
+
+    @classmethod
+    def from_args(cls, args, *, vocab: int | None = None, tp: int = 1, loss_parallel: bool = True,
+                  act_bytes: int = 2, fused_norm: bool = True) -> ActShape:
+        head_dim = args.dim // args.n_heads
+        kv_heads = args.n_kv_heads or args.n_heads
+        return cls(dim=args.dim, q_dim=args.n_heads * head_dim, kv_dim=kv_heads * head_dim,
+                   hidden=args.hidden_dim, n_heads=args.n_heads, vocab=vocab or args.vocab_size, tp=tp,
+                   loss_parallel=loss_parallel, act_bytes=act_bytes, fused_norm=fused_norm)
+
+
+def _norm_terms(s: ActShape, name: str) -> dict[str, float]:
+    """What one RMSNorm keeps: fused kernel -> its input and fp32 rstd; composite (CPU) -> two
+    fp32 copies of the input (x.float() and x * rstd) and rstd. Sequence-sharded under TP."""
+    t, p, d = s.tp, s.act_bytes, s.dim
+    if s.fused_norm:
+        return {f"{name} input": p * d / t, f"{name} rstd": 4 / t}
+    return {f"{name} fp32 copies": 8 * d / t, f"{name} rstd": 4 / t}
+
+
+def eager_terms(s: ActShape, *, compiled: bool = False) -> dict[str, float]:
+    """Per-token bytes of one layer without activation checkpointing, term by term."""
+    t, p, d, q, h = s.tp, s.act_bytes, s.dim, s.q_dim, s.hidden
+    terms = _norm_terms(s, "attention_norm")
+    terms.update({
+        "attention_norm output (wq/wk/wv input)": p * d,
+        "q after RoPE": p * q / t,
+        "k, v repeated to all heads": 2 * p * q / t,
+        "attention output + logsumexp": p * q / t + 4 * s.n_heads / t,
+    })
+    terms.update(_norm_terms(s, "ffn_norm"))
+    terms["ffn_norm output (w1/w3 input)"] = p * d
+    terms["w1, w3 outputs" + ("" if compiled else ", silu, product")] = (2 if compiled else 4) * p * h / t
+    return terms
+
+
+def selective_op_terms(s: ActShape) -> dict[str, float]:
+    """Per-token bytes of one layer under titan_parallel's per-op policy (every 2nd matmul
+    recomputed), term by term."""
+    t, p, d, q = s.tp, s.act_bytes, s.dim, s.q_dim
+    terms = {
+        "block input": p * d / t,
+        "wq output": p * q / t,
+        "wv output": p * s.kv_dim / t,
+        "attention output + logsumexp": p * q / t + 4 * s.n_heads / t,
+        "w1 output": p * s.hidden / t,
+        "w2 output (before reduce-scatter)": p * d,
+    }
+    if t > 1:
+        terms["reduce-scatter outputs (wo, w2)"] = 2 * p * d / t
+    return terms
+
+
+def full_terms(s: ActShape) -> dict[str, float]:
+    return {"block input": s.act_bytes * s.dim / s.tp}
+
+
+def layer_bytes(s: ActShape, mode: str, option: str = "op", *, compiled: bool = False, layers: int = 1) -> float:
+    """Average bytes per token per layer over `layers` layers (selective k checkpoints layers
+    k, 2k, ...). mode: none | full | selective; option: 'op' or k."""
+    eager = sum(eager_terms(s, compiled=compiled).values())
+    if mode == "none":
+        return eager
+    if mode == "full":
+        return sum(full_terms(s).values())
+    if option == "op":
+        return sum(selective_op_terms(s).values())
+    k = int(option)
+    n_ac = layers // k
+    return (n_ac * sum(full_terms(s).values()) + (layers - n_ac) * eager) / layers
+
+
+def recompute_bytes(s: ActShape, mode: str, option: str = "op", *, compiled: bool = False) -> float:
+    """Per-token bytes a checkpointed layer rebuilds during its backward (on top of what it kept)."""
+    if mode == "none":
+        return 0.0
+    eager = sum(eager_terms(s, compiled=compiled).values())
+    if mode == "selective" and option == "op":
+        return eager - sum(selective_op_terms(s).values())
+    return eager - sum(full_terms(s).values())
+
+
+@dataclass(frozen=True)
+class HeadBytes:
+    retained: float   # per token, kept from the end of forward into backward
+    transient: float  # per token, extra while the loss backward runs
+
+
+def head_bytes(s: ActShape, *, compiled: bool = False, has_output: bool = True) -> HeadBytes:
+    """Final norm, logits and loss, per token. has_output=False: a pipeline stage without the head."""
+    if not has_output:
+        return HeadBytes(0.0, 0.0)
+    t, p = s.tp, s.act_bytes
+    v = s.vocab / t if (t > 1 and s.loss_parallel) else s.vocab
+    norm = sum(_norm_terms(s, "norm").values()) + p * s.dim
+    if compiled:
+        return HeadBytes(norm + p * v + 4 + 8, p * v)
+    return HeadBytes(norm + p * v + 4 * v + 8, 8 * v)

@@ -1,0 +1,134 @@
+"""Per-rank parameter sizes from the real appliers, on the meta device, under a fake world.
+
+A one-layer copy of the model (same widths, vocabulary and plan) is built on the meta device and
+parallelized by the trainer's own `parallelize_part` (TP plan, then FSDP / HSDP / DDP) inside a
+fake process group of the job's world size, so shard shapes, FSDP's dim-0 padding and the TP
+plan are exactly the trainer's. Layers are identical, so one is enough: the estimate multiplies.
+Nothing is allocated; 405B on 512 ranks takes about a second.
+
+A process that already has a default process group (the trainer calling `precheck`) cannot
+open a fake one, so it runs the same measurement in a subprocess.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import pickle
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from titan_train.config import JobConfig
+from titan_train.errors import ConfigError
+from titan_train.memory.layout import Layout
+
+GROUPS = ("tok_embeddings", "layers", "norm", "output")
+
+
+@dataclass(frozen=True)
+class GroupSize:
+    """Elements of one module group on the fullest rank."""
+
+    stored: int      # as kept between steps (after TP and FSDP sharding, FSDP padding included)
+    gathered: int    # after TP only: what an FSDP all-gather rebuilds for compute
+    float8: int      # of `gathered`, elements in linears converted to float8
+
+
+@dataclass(frozen=True)
+class ParamSizes:
+    embedding: GroupSize
+    block: GroupSize     # one transformer block
+    norm: GroupSize
+    output: GroupSize
+    tied: bool           # output.weight is the embedding table (same stage only)
+
+
+def _group(fqn: str) -> str:
+    return fqn.replace("_orig_mod.", "").replace("_checkpoint_wrapped_module.", "").split(".")[0]
+
+
+def _float8_names(model: nn.Module, layout: Layout) -> set[str]:
+    """Linears apply_float8 would convert (same skip rules: name substrings, small GEMMs)."""
+    if not layout.float8:
+        return set()
+    from titan_parallel.float8 import AUTO_FILTER, is_small_gemm
+
+    skip = [s for s in layout.float8_skip if s != AUTO_FILTER]
+    small = AUTO_FILTER in layout.float8_skip
+    return {f"{name}.weight" for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) and not any(s in name for s in skip)
+            and not (small and is_small_gemm(m, layout.float8_recipe))}
+
+
+def _tp_factor(p: torch.Tensor) -> int:
+    """How many TP ranks share this parameter (its shards along the mesh dim named tp)."""
+    mesh = getattr(p, "device_mesh", None)
+    if mesh is None or "tp" not in (mesh.mesh_dim_names or ()):
+        return 1
+    placement = p.placements[mesh.mesh_dim_names.index("tp")]
+    return mesh["tp"].size() if placement.is_shard() or "Shard" in type(placement).__name__ else 1
+
+
+def _sizes(model: nn.Module, float8_names: set[str]) -> dict[str, GroupSize]:
+    stored = dict.fromkeys(GROUPS, 0)
+    gathered = dict.fromkeys(GROUPS, 0)
+    fp8 = dict.fromkeys(GROUPS, 0)
+    for name, p in model.named_parameters():
+        g = _group(name)
+        stored[g] += p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+        full = p.numel() // _tp_factor(p)
+        gathered[g] += full
+        if name.replace("_orig_mod.", "").replace("_checkpoint_wrapped_module.", "") in float8_names:
+            fp8[g] += full
+    return {g: GroupSize(stored[g], gathered[g], fp8[g]) for g in GROUPS}
+
+
+def measure(cfg: JobConfig, layout: Layout) -> ParamSizes:
+    """Build, parallelize and count (needs no process group in this process)."""
+    import titan_models
+    from titan_mesh import ParallelDims
+    from titan_mesh.testing import fake_world
+    from titan_train.trainer.build_model import parallelize_part
+
+    spec = titan_models.get_model_spec(layout.model_name)
+    # Untied, so embedding and output are counted apart (the estimate shares them when tied).
+    small = dataclasses.replace(layout.args, n_layers=1, tie_embeddings=False)
+    # Only TP and data parallelism change sizes; AC, compile and async TP are left out here.
+    quiet = copy.deepcopy(cfg)
+    quiet.activation_checkpoint.mode = "none"
+    quiet.compile.enable = False
+    quiet.parallelism.enable_async_tensor_parallel = False
+    with fake_world(layout.world_size):
+        dims = ParallelDims(dp_replicate=layout.dp_replicate, dp_shard=layout.dp_shard, cp=layout.cp,
+                            tp=layout.tp, pp=layout.pp, world_size=layout.world_size)
+        dims.build_mesh("cpu")
+        with torch.device("meta"):
+            model = spec.build(small)
+        f8 = _float8_names(model, layout)
+        # device "cuda" only selects the GPU choices (FSDP on one GPU, bf16); nothing runs there.
+        parallelize_part(model, spec, quiet, dims, torch.device("cuda"), pipelined=layout.pp > 1)
+        sizes = _sizes(model, f8)
+    return ParamSizes(sizes["tok_embeddings"], sizes["layers"], sizes["norm"], sizes["output"],
+                      tied=bool(getattr(layout.args, "tie_embeddings", False)))
+
+
+def param_sizes(cfg: JobConfig, layout: Layout) -> ParamSizes:
+    """measure() here, or in a fresh interpreter when this process already has a process group."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return measure(cfg, layout)
+    proc = subprocess.run([sys.executable, "-m", "titan_train.memory.sizes"], input=pickle.dumps((cfg, layout)),
+                          capture_output=True, timeout=600)
+    if proc.returncode != 0:
+        raise ConfigError("memory estimate: measuring parameter shards failed: "
+                          + proc.stderr.decode(errors="replace")[-2000:])
+    return pickle.loads(proc.stdout)
+
+
+if __name__ == "__main__":  # the subprocess side of param_sizes
+    _cfg, _layout = pickle.loads(sys.stdin.buffer.read())
+    sys.stdout.buffer.write(pickle.dumps(measure(_cfg, _layout)))

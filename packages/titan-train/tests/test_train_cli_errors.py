@@ -1,0 +1,66 @@
+"""Bad input exits with code 2 within seconds, naming the key or path, without a traceback."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from titan_train.cli import main
+
+
+def _fail(capsys, argv, monkeypatch=None, env=None):
+    if env:
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+    t0 = time.time()
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert time.time() - t0 < 20
+    return err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--training.stepz", "3"], "Did you mean 'training.steps'"),
+    (["--training.steps", "x"], "training.steps: expected an integer"),
+    (["--model.flavor", "8C"], "8C"),
+    (["--model.name", "llama4"], "llama4"),
+    (["--training.dataset", "c5"], "c5"),
+    (["--model.tokenizer_path", "/nonexistent/tokenizer.model"], "/nonexistent/tokenizer.model"),
+    (["--job.dump_folder", "/proc/titan_cannot_write"], "job.dump_folder"),
+])
+def test_bad_input_is_one_message(capsys, argv, expected, tmp_path):
+    extra = [] if "--job.dump_folder" in argv else ["--job.dump_folder", str(tmp_path)]
+    assert expected in _fail(capsys, [*argv, *extra])
+
+
+def test_degrees_must_match_world_size(capsys, monkeypatch, tmp_path):
+    err = _fail(capsys, ["--parallelism.tensor_parallel_degree", "3", "--job.dump_folder", str(tmp_path)],
+                monkeypatch, {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"})
+    assert "world" in err and "3" in err
+
+
+def test_tp_must_divide_heads(capsys, monkeypatch, tmp_path):
+    # debugmodel: 16 heads; checked before any process group exists
+    err = _fail(capsys, ["--parallelism.tensor_parallel_degree", "3", "--parallelism.data_parallel_shard_degree",
+                         "1", "--job.dump_folder", str(tmp_path)],
+                monkeypatch, {"WORLD_SIZE": "3", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                              "MASTER_PORT": "1"})
+    assert "head" in err
+
+
+def test_broken_toml_through_the_console_script(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[training\nsteps = 3\n")
+    proc = subprocess.run([sys.executable, "-m", "titan_train", "--config", str(bad)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "not valid TOML" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_help_and_print_config(capsys):
+    assert main(["--help"]) == 0
+    assert "--parallelism.tensor_parallel_degree" in capsys.readouterr().out
+    assert main(["--print-config", "--training.steps", "5"]) == 0
+    assert "steps = 5" in capsys.readouterr().out
