@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from titan_mesh.testing import fake_world
-from torch.distributed.device_mesh import init_device_mesh
-
 from titan_parallel.context import (
     causal_work_per_rank,
     context_parallel_ctx,
@@ -16,6 +14,7 @@ from titan_parallel.context import (
     validate_cp,
 )
 from titan_parallel.errors import ParallelConfigError
+from torch.distributed.device_mesh import init_device_mesh
 
 
 def test_head_tail_order_pairs_chunk_r_with_its_mirror():

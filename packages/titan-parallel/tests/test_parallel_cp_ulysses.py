@@ -10,11 +10,10 @@ import torch
 from test_parallel_pp_model import ToyConfig, ToyModel, batch, loss_fn, reference_run
 from titan_mesh import ParallelDims
 from titan_mesh.testing import DistributedPool
-from torch.distributed.tensor import DTensor
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
-
 from titan_parallel import apply_fsdp, apply_tp, init_weights
 from titan_parallel.context import apply_ulysses, context_parallel_ctx, shard_sequence, validate_cp
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
 SEQ, LOCAL_BATCH, STEPS, LR = 8, 4, 2, 0.5
 CFG = ToyConfig(max_seq=SEQ)  # RoPE table as long as the sequence: it is sharded with it

@@ -12,11 +12,15 @@ import torch
 from test_parallel_pp_model import ToyModel, batch, loss_fn, reference_run
 from titan_mesh import ParallelDims
 from titan_mesh.testing import DistributedPool
+from titan_parallel import apply_fsdp, apply_tp, init_weights
+from titan_parallel.pipeline import (
+    build_pipeline_schedule,
+    module_order_of,
+    pipeline_split,
+    pipeline_step,
+)
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
-
-from titan_parallel import apply_fsdp, apply_tp, init_weights
-from titan_parallel.pipeline import build_pipeline_schedule, module_order_of, pipeline_split, pipeline_step
 
 STEPS, LR, LOCAL_BATCH = 2, 0.5, 8
 TP_PLAN = {

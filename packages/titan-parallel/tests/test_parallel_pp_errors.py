@@ -7,8 +7,6 @@ import pytest
 import torch
 from test_parallel_pp_model import ToyModel
 from titan_mesh.testing import fake_world
-from torch.distributed.device_mesh import init_device_mesh
-
 from titan_parallel.errors import ParallelConfigError
 from titan_parallel.pipeline import (
     build_pipeline_schedule,
@@ -20,6 +18,7 @@ from titan_parallel.pipeline import (
     stage_ids_for_rank,
     validate_pipeline,
 )
+from torch.distributed.device_mesh import init_device_mesh
 
 ORDER = ["tok_embeddings", *(f"layers.{i}" for i in range(8)), "norm", "output"]
 

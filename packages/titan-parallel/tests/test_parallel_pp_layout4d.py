@@ -8,12 +8,11 @@ import torch
 from test_parallel_pp_model import ToyModel
 from titan_mesh import ParallelDims
 from titan_mesh.testing import fake_world
-from torch.distributed.tensor import DTensor, Shard
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
-
 from titan_parallel import apply_fsdp, apply_tp
 from titan_parallel.context import apply_ulysses, validate_cp
 from titan_parallel.pipeline import module_order_of, pipeline_split, validate_pipeline
+from torch.distributed.tensor import DTensor, Shard
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
 SEQ = 32
 TP_PLAN = {

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from titan_parallel.pipeline import PassThrough, build_stage_module, module_order_of, plan_stages
+from torch import nn
 
 
 @dataclass(frozen=True)

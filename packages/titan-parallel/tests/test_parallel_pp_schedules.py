@@ -11,7 +11,6 @@ import torch
 from test_parallel_pp_model import ToyModel, batch, loss_fn, reference_run
 from titan_mesh import ParallelDims
 from titan_mesh.testing import DistributedPool
-
 from titan_parallel.pipeline import (
     SCHEDULES,
     build_pipeline_schedule,

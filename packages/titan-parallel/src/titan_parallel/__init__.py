@@ -50,3 +50,29 @@ __all__ = [
     "precompute_float8_scales",
     "resolve_units",
 ]
+
+# --- pipeline / context parallel ---
+from titan_parallel.context import apply_ulysses, context_parallel_ctx, validate_cp  # noqa: E402
+from titan_parallel.pipeline import (  # noqa: E402
+    PipelineParts,
+    PipelineSchedule,
+    build_pipeline_schedule,
+    module_order_of,
+    pipeline_split,
+    pipeline_step,
+    validate_pipeline,
+)
+
+__all__ += [
+    "PipelineParts",
+    "PipelineSchedule",
+    "apply_ulysses",
+    "build_pipeline_schedule",
+    "context_parallel_ctx",
+    "module_order_of",
+    "pipeline_split",
+    "pipeline_step",
+    "validate_cp",
+    "validate_pipeline",
+]
+# --- end pipeline / context parallel ---

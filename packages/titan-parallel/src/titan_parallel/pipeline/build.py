@@ -19,7 +19,12 @@ from torch.distributed.device_mesh import DeviceMesh
 
 from titan_parallel.errors import ParallelConfigError, closest
 from titan_parallel.pipeline.schedules import resolve_schedule, schedule_class, validate_pipeline
-from titan_parallel.pipeline.split import build_stage_module, is_block, plan_stages, stage_ids_for_rank
+from titan_parallel.pipeline.split import (
+    build_stage_module,
+    is_block,
+    plan_stages,
+    stage_ids_for_rank,
+)
 
 
 @dataclass
