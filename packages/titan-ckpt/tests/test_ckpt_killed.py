@@ -32,7 +32,9 @@ def _die_mid_async_save(folder: str) -> None:
 
 
 def test_async_save_killed_mid_write_leaves_previous_checkpoint_loadable(tmp_path):
-    proc = multiprocessing.get_context("fork").Process(target=_die_mid_async_save, args=(str(tmp_path),))
+    # fork is fast, but a process that has touched CUDA cannot fork a child that uses it.
+    method = "spawn" if torch.cuda.is_initialized() else "fork"
+    proc = multiprocessing.get_context(method).Process(target=_die_mid_async_save, args=(str(tmp_path),))
     proc.start()
     proc.join(timeout=120)
     assert proc.exitcode == 3

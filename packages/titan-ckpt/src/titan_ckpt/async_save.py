@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.staging import AsyncStager
 from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
 
 from .dcp_io import dist_on, explain
@@ -28,6 +29,31 @@ ASYNC_MODES: dict[str, str] = {
     "async": "save() blocks while the state is copied to CPU; a thread writes",
     "async_with_pinned_mem": "reused pinned CPU buffers, background copy on GPU, a process writes",
 }
+
+
+class _KeepOpenStager(AsyncStager):
+    """Forwards to a DefaultStager but ignores close() from async_save.
+
+    Some torch versions (2.11) close the stager handed to async_save once the upload is done,
+    which empties its copy tables and cached buffers; this one is reused across saves and
+    closed by the AsyncSaver itself.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    @property
+    def should_synchronize_after_execute(self) -> bool:
+        return self.inner.should_synchronize_after_execute
+
+    def stage(self, state_dict: Any, **kwargs: Any) -> Any:
+        return self.inner.stage(state_dict, **kwargs)
+
+    def synchronize_staging(self) -> None:
+        self.inner.synchronize_staging()
+
+    def close(self) -> None:
+        pass
 
 
 class AsyncSaver:
@@ -46,9 +72,9 @@ class AsyncSaver:
             gpu = torch.cuda.is_available()
             # Pinned memory, background staging and non-blocking copies need an accelerator;
             # shared memory lets the writer process read the buffers without a copy.
-            self._stager = DefaultStager(StagingOptions(
+            self._stager = _KeepOpenStager(DefaultStager(StagingOptions(
                 use_pinned_memory=gpu, use_shared_memory=True,
-                use_async_staging=gpu, use_non_blocking_copy=gpu))
+                use_async_staging=gpu, use_non_blocking_copy=gpu)))
         return self._stager
 
     def start(self, state: dict[str, Any], folder: str | os.PathLike) -> Future:
@@ -79,5 +105,5 @@ class AsyncSaver:
     def close(self) -> None:
         self.wait_for_staging()
         if self._stager is not None:
-            self._stager.close()
+            self._stager.inner.close()
             self._stager = None
