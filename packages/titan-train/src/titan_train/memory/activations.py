@@ -14,12 +14,14 @@ the residual stream by t as well), per layer and per token on one rank:
                    = inputs of both norms (+ fp32 rstd), both norm outputs (matmul inputs, all-gathered
                      to the full sequence under TP), q after RoPE, k and v repeated to n heads, the
                      attention output (+ fp32 logsumexp), w1/w3 outputs, silu output, their product
-    no AC, compile p*(2d/t + 2d + 4q/t + 2H/t) + 4n/t + 8/t
-                   inductor recomputes silu and the product from the saved w1/w3 outputs
+    no AC, compile p*(2d/t + 2d + 4q/t + 3H/t) + 4n/t + 8/t
+                   inductor recomputes silu from the saved w1 output (float8 + compile: the three
+                   H-wide tensors are kept in float8, 3H/t bytes)
     full AC        p*d/t   (the block input; one layer is recomputed at a time in backward)
     selective op   p*(d/t + q/t + kv/t + q/t + H/t + d) + 4n/t  [+ 2p*d/t reduce-scatter outputs, TP]
                    = titan_parallel's OpPolicy: the outputs of the 1st, 3rd, 5th and 7th matmul (wq, wv,
-                     w1, w2), the attention output and logsumexp, plus the block input
+                     w1, w2), the attention output and logsumexp, plus the block input; compiled,
+                     one p*d tensor fewer (measured)
     selective k    every k-th layer full AC, the others no AC
 
 The loss head keeps the final norm's input and output, the logits (p*V/t with loss parallel, else
@@ -50,15 +52,16 @@ class ActShape:
     loss_parallel: bool = True
     act_bytes: int = 2  # bf16 activations under mixed precision, 4 without
     fused_norm: bool = True  # CUDA RMSNorm kernel saves input + rstd; CPU saves fp32 copies
+    float8: bool = False     # block linears run in float8 (torchao, tensorwise)
 
     @classmethod
     def from_args(cls, args, *, vocab: int | None = None, tp: int = 1, loss_parallel: bool = True,
-                  act_bytes: int = 2, fused_norm: bool = True) -> ActShape:
+                  act_bytes: int = 2, fused_norm: bool = True, float8: bool = False) -> ActShape:
         head_dim = args.dim // args.n_heads
         kv_heads = args.n_kv_heads or args.n_heads
         return cls(dim=args.dim, q_dim=args.n_heads * head_dim, kv_dim=kv_heads * head_dim,
                    hidden=args.hidden_dim, n_heads=args.n_heads, vocab=vocab or args.vocab_size, tp=tp,
-                   loss_parallel=loss_parallel, act_bytes=act_bytes, fused_norm=fused_norm)
+                   loss_parallel=loss_parallel, act_bytes=act_bytes, fused_norm=fused_norm, float8=float8)
 
 
 def _norm_terms(s: ActShape, name: str) -> dict[str, float]:
@@ -82,13 +85,18 @@ def eager_terms(s: ActShape, *, compiled: bool = False) -> dict[str, float]:
     })
     terms.update(_norm_terms(s, "ffn_norm"))
     terms["ffn_norm output (w1/w3 input)"] = p * d
-    terms["w1, w3 outputs" + ("" if compiled else ", silu, product")] = (2 if compiled else 4) * p * h / t
+    if compiled and s.float8:  # measured: the three kept in float8 (1 byte) instead of p
+        terms["w1, w3 outputs, product (float8)"] = 3 * (p - 1) * h / t
+    elif compiled:  # inductor recomputes silu in backward; the product is w2's saved input
+        terms["w1, w3 outputs, product"] = 3 * p * h / t
+    else:
+        terms["w1, w3 outputs, silu, product"] = 4 * p * h / t
     return terms
 
 
-def selective_op_terms(s: ActShape) -> dict[str, float]:
+def selective_op_terms(s: ActShape, *, compiled: bool = False) -> dict[str, float]:
     """Per-token bytes of one layer under titan_parallel's per-op policy (every 2nd matmul
-    recomputed), term by term."""
+    recomputed), term by term. Compiled, inductor keeps one d-wide tensor fewer (measured)."""
     t, p, d, q = s.tp, s.act_bytes, s.dim, s.q_dim
     terms = {
         "block input": p * d / t,
@@ -100,6 +108,8 @@ def selective_op_terms(s: ActShape) -> dict[str, float]:
     }
     if t > 1:
         terms["reduce-scatter outputs (wo, w2)"] = 2 * p * d / t
+    if compiled:
+        terms["w2 output (before reduce-scatter)"] = 0.0
     return terms
 
 
@@ -116,20 +126,29 @@ def layer_bytes(s: ActShape, mode: str, option: str = "op", *, compiled: bool = 
     if mode == "full":
         return sum(full_terms(s).values())
     if option == "op":
-        return sum(selective_op_terms(s).values())
+        return sum(selective_op_terms(s, compiled=compiled).values())
     k = int(option)
     n_ac = layers // k
     return (n_ac * sum(full_terms(s).values()) + (layers - n_ac) * eager) / layers
 
 
-def recompute_bytes(s: ActShape, mode: str, option: str = "op", *, compiled: bool = False) -> float:
-    """Per-token bytes a checkpointed layer rebuilds during its backward (on top of what it kept)."""
+def backward_transient(s: ActShape, mode: str, option: str = "op", *, compiled: bool = False) -> float:
+    """Per-token bytes one layer's backward adds on top of what was kept (fitted on H100):
+
+    - its gradient working set: 1.5 p*H/t + 0.5 p*d eager, p*H/t + 0.25 p*d compiled (fused);
+    - under activation checkpointing, the recomputed forward, which materializes like an eager
+      layer even when compiled (eager layer - what the policy kept), and an eager working set.
+    """
+    p, h, d, t = s.act_bytes, s.hidden, s.dim, s.tp
+    eager_work = 1.5 * p * h / t + 0.5 * p * d
     if mode == "none":
-        return 0.0
-    eager = sum(eager_terms(s, compiled=compiled).values())
-    if mode == "selective" and option == "op":
-        return eager - sum(selective_op_terms(s).values())
-    return eager - sum(full_terms(s).values())
+        if compiled:  # float8: the kept float8 tensors are widened again (measured, 1B on H100)
+            return p * h / t + 0.25 * p * d + (2.4 * p * h / t if s.float8 else 0.0)
+        return eager_work
+    # selective k: the checkpointed layers (the others only add their working set) set the peak
+    kept = sum(selective_op_terms(s, compiled=compiled).values()) if mode == "selective" and option == "op" \
+        else sum(full_terms(s).values())
+    return sum(eager_terms(s).values()) - kept + eager_work
 
 
 @dataclass(frozen=True)

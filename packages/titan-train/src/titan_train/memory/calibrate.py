@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from titan_train.memory.activations import ActShape, head_bytes, layer_bytes
+from titan_train.memory.activations import ActShape, backward_transient, head_bytes, layer_bytes
 from titan_train.memory.measure import layer_activation_bytes
 
 
@@ -60,6 +60,10 @@ def _plain_context_fns(model) -> None:
             keywords["context_fn"] = lambda inner=inner: inner()
 
 
+def _param_count(args, n_layers: int) -> int:
+    return dataclasses.replace(args, n_layers=n_layers).num_params()
+
+
 def calibrate(flavor: str, *, vocab_size: int, tie: bool, seq_len: int, batch: int, modes: list[str],
               compile_options: list[bool], device: torch.device, out: str | None = None,
               float8: bool = False) -> list[dict]:
@@ -77,7 +81,7 @@ def calibrate(flavor: str, *, vocab_size: int, tie: bool, seq_len: int, batch: i
             torch._dynamo.reset()
             got = layer_activation_bytes(lambda n: _build(spec, args, n, mode, compiled, device, float8), tokens,
                                          loss_fn, layers=(k, 2 * k), warmup=True)
-            shape = ActShape.from_args(args, vocab=vocab_size, fused_norm=device.type == "cuda")
+            shape = ActShape.from_args(args, vocab=vocab_size, fused_norm=device.type == "cuda", float8=float8)
             ac_mode = "none" if mode == "none" else "full" if mode == "full" else "selective"
             option = "op" if mode == "op" else mode
             want = layer_bytes(shape, ac_mode, option, compiled=compiled, layers=k)
@@ -87,7 +91,12 @@ def calibrate(flavor: str, *, vocab_size: int, tie: bool, seq_len: int, batch: i
                          "formula_per_layer_per_token": want,
                          "head_per_token": got["head"] / tokens_n,
                          "formula_head_per_token": head_bytes(shape, compiled=compiled).retained,
+                         # includes the small model's bf16 parameter gradients (next column)
                          "peak_over_retained_per_token": got["peak_over_retained"] / tokens_n,
+                         "param_grads_per_token": 2 * _param_count(args, k) / tokens_n,
+                         "formula_transient_per_token": max(
+                             head_bytes(shape, compiled=compiled).transient,
+                             backward_transient(shape, ac_mode, option, compiled=compiled)),
                          "raw": got})
             print(json.dumps({k2: v for k2, v in rows[-1].items() if k2 != "raw"}), flush=True)
             if out:  # after every row: a later failure keeps what was measured

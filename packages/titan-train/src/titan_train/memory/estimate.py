@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from titan_train.memory.activations import ActShape, head_bytes, layer_bytes, recompute_bytes
+from titan_train.memory.activations import ActShape, backward_transient, head_bytes, layer_bytes
 from titan_train.memory.layout import Layout, RankStages
 from titan_train.memory.sizes import ParamSizes
 
@@ -88,10 +88,7 @@ def _activation_bytes(layout: Layout, shape: ActShape, rank: RankStages) -> tupl
         kept += rank.in_flight * shape.act_bytes * shape.dim / shape.tp * tokens
     head = head_bytes(shape, compiled=layout.compile_loss, has_output=rank.has_head)
     kept += head.retained * tokens
-    # A layer's backward: what it recomputes plus its gradient working set (~ one eager layer's
-    # w1/w3/product-sized gradients; fitted on H100: 1.5 p*H/t + 0.5 p*d per token).
-    work = 1.5 * shape.act_bytes * shape.hidden / shape.tp + 0.5 * shape.act_bytes * shape.dim
-    layer_t = recompute_bytes(shape, mode, option, compiled=compiled) + work
+    layer_t = backward_transient(shape, mode, option, compiled=compiled)
     if layout.cp > 1:  # ring attention: k and v of the whole sequence (all-gather) or of one peer
         chunks = layout.cp if layout.cp_rotate == "allgather" else 2
         layer_t += 2 * shape.act_bytes * shape.q_dim / shape.tp * chunks
@@ -128,7 +125,7 @@ def _states(layout: Layout, sizes: ParamSizes, rank: RankStages) -> tuple[float,
 def estimate_layout(layout: Layout, sizes: ParamSizes) -> MemoryEstimate:
     """The estimate for a planned layout and measured shard sizes (see estimate() in __init__)."""
     shape = ActShape.from_args(layout.args, tp=layout.tp, loss_parallel=layout.loss_parallel,
-                               act_bytes=layout.compute_bytes)
+                               act_bytes=layout.compute_bytes, float8=layout.float8)
     best: MemoryEstimate | None = None
     for rank in layout.ranks:
         params, grads, opt = _states(layout, sizes, rank)
@@ -136,8 +133,8 @@ def estimate_layout(layout: Layout, sizes: ParamSizes) -> MemoryEstimate:
         comm_start, comm_end = _comm_bytes(layout, sizes, rank)
         gathered = _rank_param_elems(sizes, rank, "gathered")
         fp8 = 0.0
-        if layout.float8:  # per converted linear: a float8 copy of its weight and of its transpose
-            fp8 = 2 * sizes.block.float8 * (1 if layout.reshard_after_forward else sum(rank.blocks))
+        if layout.float8:  # the block being computed: float8 copies of its weights and transposes
+            fp8 = 2 * sizes.block.float8
         held_grads = grads if (layout.accum_steps > 1 or layout.pp > 1) else 0.0
         a = held_grads + kept + transient + comm_start + fp8
         # foreach kernels make a temporary per state tensor; fused ones do not

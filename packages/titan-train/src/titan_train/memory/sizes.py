@@ -130,5 +130,8 @@ def param_sizes(cfg: JobConfig, layout: Layout) -> ParamSizes:
 
 
 if __name__ == "__main__":  # the subprocess side of param_sizes
+    # Import this module under its own name so the result unpickles as titan_train's ParamSizes.
+    from titan_train.memory import sizes as _module
+
     _cfg, _layout = pickle.loads(sys.stdin.buffer.read())
-    sys.stdout.buffer.write(pickle.dumps(measure(_cfg, _layout)))
+    sys.stdout.buffer.write(pickle.dumps(_module.measure(_cfg, _layout)))

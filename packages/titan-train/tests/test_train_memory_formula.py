@@ -1,0 +1,85 @@
+"""The activation formulas against what a real model keeps alive, measured on CPU.
+
+measure.LiveBytes counts the storages autograd (or activation checkpointing) holds after the
+forward; the per-layer share (2 layers minus 1) must equal activations.layer_bytes exactly, for
+every AC mode, with the CPU's RMSNorm kernel (fused or composite, detected).
+"""
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+import titan_models
+from titan_parallel import apply_ac
+from titan_train.memory.activations import ActShape, eager_terms, head_bytes, layer_bytes
+from titan_train.memory.measure import LiveBytes, layer_activation_bytes
+
+SPEC = titan_models.get_model_spec("llama3")
+ARGS = SPEC.args_for("debugmodel", dim=128, n_layers=1, n_heads=8, n_kv_heads=2, vocab_size=256,
+                     ffn_hidden_dim=384, max_seq_len=64)
+BATCH, SEQ = 2, 64
+
+
+class _Ops(LiveBytes):
+    def __init__(self):
+        super().__init__()
+        self.ops = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(str(func))
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+
+def _norm_is_fused() -> bool:
+    x = torch.randn(2, 8, dtype=torch.bfloat16, requires_grad=True)
+    with _Ops() as mode:
+        nn.RMSNorm(8).to(torch.bfloat16)(x)
+    return any("_fused_rms_norm" in op for op in mode.ops)
+
+
+SHAPE = ActShape.from_args(ARGS, fused_norm=_norm_is_fused())
+
+
+def _builder(mode: str, option: str | None):
+    def build(n_layers: int) -> nn.Module:
+        torch.manual_seed(0)
+        model = SPEC.build(dataclasses.replace(ARGS, n_layers=n_layers)).to(torch.bfloat16)
+        if mode == "selective" and option != "op":
+            apply_ac(model, mode="selective", layer_freq=int(option))
+        elif mode != "none":
+            apply_ac(model, mode=mode)
+        return model
+    return build
+
+
+@pytest.mark.parametrize("mode,option", [("none", None), ("full", None), ("selective", "op"), ("selective", "2")])
+def test_per_layer_bytes_match_the_formula(mode, option):
+    k = int(option) if option and option.isdigit() else 1
+    tokens = torch.randint(0, ARGS.vocab_size, (BATCH, SEQ))
+    got = layer_activation_bytes(_builder(mode, option), tokens, layers=(k, 2 * k))
+    want = layer_bytes(SHAPE, mode, option or "op", layers=k) * BATCH * SEQ
+    assert got["per_layer"] == pytest.approx(want, rel=1e-3), (mode, option, got, want)
+    # the head (final norm, logits, log_softmax) within a few bytes per token
+    head = head_bytes(SHAPE).retained * BATCH * SEQ
+    assert got["head"] == pytest.approx(head, rel=0.01)
+
+
+def test_checkpointing_orders_the_modes():
+    none, full, op = (layer_bytes(SHAPE, m, "op") for m in ("none", "full", "selective"))
+    assert full < op < none
+    assert full == SHAPE.act_bytes * SHAPE.dim            # only the block input survives
+    # eager terms add up to the documented closed form (fused-norm case)
+    fused = dataclasses.replace(SHAPE, fused_norm=True)
+    p, d, q, h, n = fused.act_bytes, fused.dim, fused.q_dim, fused.hidden, fused.n_heads
+    assert sum(eager_terms(fused).values()) == p * (2 * d + 2 * d + 4 * q + 4 * h) + 4 * n + 8
+
+
+def test_tensor_parallel_divides_what_is_sharded():
+    one = ActShape.from_args(SPEC.args_for("8B"))
+    tp8 = dataclasses.replace(one, tp=8)
+    # everything but the two all-gathered norm outputs (matmul inputs: full sequence) shrinks 8x
+    gathered = 2 * one.act_bytes * one.dim
+    assert layer_bytes(tp8, "none") == pytest.approx((layer_bytes(one, "none") - gathered) / 8 + gathered)
+    assert head_bytes(tp8).retained < head_bytes(one).retained / 4  # vocab-sharded logits (loss parallel)
