@@ -4,10 +4,15 @@ import dataclasses
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
-
-from titan_models import ModelConfigError, RopeScaling, Transformer, args_from_hf_config, get_model_spec
+from titan_models import (
+    ModelConfigError,
+    RopeScaling,
+    Transformer,
+    args_from_hf_config,
+    get_model_spec,
+)
 from titan_models.testing import tiny_llama_args
+from transformers import LlamaConfig, LlamaForCausalLM
 
 SPEC = get_model_spec("llama3")
 SCALED = RopeScaling(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_seq_len=32)

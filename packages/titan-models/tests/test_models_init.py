@@ -3,11 +3,10 @@
 import copy
 
 import torch
-from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-
 from titan_models import Transformer
 from titan_models.init import canonical_name, stable_seed
 from titan_models.testing import tiny_llama_args
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
 ARGS = tiny_llama_args(n_layers=4)
 

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-
 from titan_models import ModelConfigError, Transformer
 from titan_models.testing import tiny_llama_args
 

@@ -3,7 +3,6 @@
 import math
 
 import torch
-
 from titan_models import RopeScaling
 from titan_models.llama.rope import apply_rope, rope_frequencies, rope_table
 

@@ -4,7 +4,6 @@ import dataclasses
 
 import pytest
 import torch
-
 from titan_models import MODEL_SPECS, LlamaArgs, ModelConfigError, get_model_spec
 from titan_models.testing import tiny_llama_args
 

@@ -3,7 +3,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from titan_mesh.testing import DistributedPool
 from titan_models import Transformer, get_model_spec
 from titan_models.testing import tiny_llama_args

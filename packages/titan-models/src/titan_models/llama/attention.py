@@ -34,11 +34,14 @@ _compiled_flex = None
 
 
 def _flex(q, k, v, block_mask):
-    """FlexAttention, compiled into a fused kernel on accelerators. On CPU it runs eagerly (the
-    unfused reference: it materializes the scores), which is what tests and debugging need."""
+    """FlexAttention: fused by the surrounding torch.compile when there is one, else compiled on
+    its own on accelerators. On CPU it runs eagerly (the unfused reference: it materializes the
+    scores, forward only), which is what tests and debugging need."""
     global _compiled_flex
     from torch.nn.attention.flex_attention import flex_attention
 
+    if torch.compiler.is_compiling():
+        return flex_attention(q, k, v, block_mask=block_mask)
     if q.device.type == "cpu":
         if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
             raise ModelConfigError(
