@@ -73,7 +73,8 @@ def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, step: int) -> float:
-    x, y = batch(step)
+    device = next(model.parameters()).device
+    x, y = (t.to(device) for t in batch(step))
     loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
     loss.backward()
     opt.step()

@@ -4,7 +4,6 @@ parameters change right after wait_for_staging()."""
 import pytest
 import torch
 from ckpt_testlib import make_model, make_optimizer, train_step
-
 from titan_ckpt import CheckpointManager, ModelState, OptimizerState
 from titan_mesh.testing import gpu_marks
 

@@ -41,26 +41,26 @@ def _advance(model, opt, sched, loader, train, step):
 def test_round_trip_is_exact_and_training_continues_identically(tmp_path, mode, opt_kind):
     model, opt, sched, loader, train, states = _setup(opt_kind)
     with CheckpointManager(tmp_path, interval=2, async_mode=mode) as mgr:
-        for step in range(1, 4):
+        for step in range(1, 6):  # saves at 2 and 4: the second reuses staging buffers
             _advance(model, opt, sched, loader, train, step)
             assert mgr.save(step, states) == (step % 2 == 0)
             mgr.wait_for_staging()
         expected = full_states(model, opt)
-        # Step 3 changed everything after the save at step 2: resume must restore step 2.
+        # Step 5 changed everything after the save at step 4: resume must restore step 4.
         model2, opt2, sched2, loader2, train2, states2 = _setup(opt_kind, seed=7)
         mgr.wait()
     with CheckpointManager(tmp_path, interval=2, async_mode=mode) as mgr2:
-        assert mgr2.load(states2) == 2
-    assert train2 == {"step": 2, "tokens": 32} and loader2.position == 32
-    assert sched2.last_epoch == 2 and opt2.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["initial_lr"] / 3)
-    # Replaying step 3 from the restored state reproduces the original run exactly.
+        assert mgr2.load(states2) == 4
+    assert train2 == {"step": 4, "tokens": 64} and loader2.position == 64
+    assert sched2.last_epoch == 4 and opt2.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["initial_lr"] / 5)
+    # Replaying step 5 from the restored state reproduces the original run exactly.
     model3, opt3, sched3, loader3, train3, states3 = _setup(opt_kind)
-    for step in (1, 2):
+    for step in range(1, 5):
         _advance(model3, opt3, sched3, loader3, train3, step)
     assert_same(full_states(model2, opt2)[0], full_states(model3, opt3)[0], "model")
     assert_same(full_states(model2, opt2)[1], full_states(model3, opt3)[1], "optimizer")
-    loss_a = _advance(model2, opt2, sched2, loader2, train2, 3)
-    loss_b = _advance(model3, opt3, sched3, loader3, train3, 3)
+    loss_a = _advance(model2, opt2, sched2, loader2, train2, 5)
+    loss_b = _advance(model3, opt3, sched3, loader3, train3, 5)
     assert loss_a == loss_b
     assert_same(full_states(model2, opt2)[0], expected[0], "model after replayed step")
 

@@ -7,13 +7,14 @@ then a background thread serializes and writes it. Light: no extra process, no p
 once and reused; on GPU the copy runs on a side stream in the background (the caller must call
 `wait_for_staging()` before changing the parameters), and a background *process* writes, so
 serialization never holds the training process's GIL. Without a process group (one process)
-the writer is a thread.
+the writer is a thread. The buffers are built and filled with the (private) helpers of
+torch.distributed._state_dict_utils that DCP's own BlockingAsyncStager uses.
 """
 
 from __future__ import annotations
 
 import os
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -31,29 +32,67 @@ ASYNC_MODES: dict[str, str] = {
 }
 
 
-class _KeepOpenStager(AsyncStager):
-    """Forwards to a DefaultStager but ignores close() from async_save.
+class PinnedStager(AsyncStager):
+    """Copies the state into CPU buffers allocated once (pinned and shared) and reused.
 
-    Some torch versions (2.11) close the stager handed to async_save once the upload is done,
-    which empties its copy tables and cached buffers; this one is reused across saves and
-    closed by the AsyncSaver itself.
+    On a GPU the copy runs in a background thread on a side stream, after the work already
+    queued on the caller's stream (so it sees the values at save time); the returned future
+    completes when the copy has landed. torch's DefaultStager is not used: in some releases
+    (2.11) it drops its buffers after every save and then fails on the next one.
     """
 
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
+    _synchronize_after_execute = False
 
-    @property
-    def should_synchronize_after_execute(self) -> bool:
-        return self.inner.should_synchronize_after_execute
+    def __init__(self) -> None:
+        self.gpu = torch.cuda.is_available()
+        self._buffers: Any = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="titan-ckpt-stage") if self.gpu else None
+        self._stream = torch.cuda.Stream() if self.gpu else None
 
     def stage(self, state_dict: Any, **kwargs: Any) -> Any:
-        return self.inner.stage(state_dict, **kwargs)
+        from torch.distributed._state_dict_utils import _create_cpu_state_dict
+
+        if self._buffers is None or not _same_structure(self._buffers, state_dict):
+            self._buffers = _create_cpu_state_dict(state_dict, pin_memory=self.gpu, share_memory=True)
+        if self._executor is None:
+            return self._copy(state_dict, None)
+        ready = torch.cuda.Event()
+        ready.record()  # the values as of now, on the caller's stream
+        return self._executor.submit(self._copy, state_dict, ready)
+
+    def _copy(self, state_dict: Any, ready: Any) -> Any:
+        from torch.distributed._state_dict_utils import _copy_state_dict
+
+        if self._stream is None:
+            return _copy_state_dict(state_dict, self._buffers, type_check=False)
+        with torch.cuda.stream(self._stream):
+            self._stream.wait_event(ready)
+            out = _copy_state_dict(state_dict, self._buffers, non_blocking=True, type_check=False)
+        self._stream.synchronize()
+        return out
 
     def synchronize_staging(self) -> None:
-        self.inner.synchronize_staging()
+        pass
 
     def close(self) -> None:
-        pass
+        """Kept open across saves (some torch releases close a stager after each save)."""
+
+    def release(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        self._buffers = None
+
+
+def _same_structure(a: Any, b: Any) -> bool:
+    """Same nested keys and same tensor shapes/dtypes: the cached buffers still fit."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_structure(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_structure(x, y) for x, y in zip(a, b))
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        return (torch.is_tensor(a) and torch.is_tensor(b) and a.shape == b.shape
+                and a.dtype == b.dtype and type(a) is type(b))
+    return True
 
 
 class AsyncSaver:
@@ -65,18 +104,6 @@ class AsyncSaver:
         self._stager: Any = None
         self._staging: Future | None = None
 
-    def _pinned_stager(self) -> Any:
-        if self._stager is None:
-            from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
-
-            gpu = torch.cuda.is_available()
-            # Pinned memory, background staging and non-blocking copies need an accelerator;
-            # shared memory lets the writer process read the buffers without a copy.
-            self._stager = _KeepOpenStager(DefaultStager(StagingOptions(
-                use_pinned_memory=gpu, use_shared_memory=True,
-                use_async_staging=gpu, use_non_blocking_copy=gpu)))
-        return self._stager
-
     def start(self, state: dict[str, Any], folder: str | os.PathLike) -> Future:
         """Begin saving `state` into `folder`; the future completes when the write is done."""
         self.wait_for_staging()
@@ -85,7 +112,8 @@ class AsyncSaver:
         if self.mode == "async":
             kwargs["async_checkpointer_type"] = AsyncCheckpointerType.THREAD
         else:
-            kwargs["async_stager"] = self._pinned_stager()
+            self._stager = self._stager or PinnedStager()
+            kwargs["async_stager"] = self._stager
             kwargs["async_checkpointer_type"] = (
                 AsyncCheckpointerType.PROCESS if dist_on() else AsyncCheckpointerType.THREAD)
         try:
@@ -105,5 +133,5 @@ class AsyncSaver:
     def close(self) -> None:
         self.wait_for_staging()
         if self._stager is not None:
-            self._stager.inner.close()
+            self._stager.release()
             self._stager = None
