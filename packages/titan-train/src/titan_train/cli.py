@@ -35,7 +35,8 @@ def _seed_checkpoint(cfg: JobConfig) -> None:
     from titan_mesh import ParallelDims, set_determinism
 
     spec, tokenizer = build_tokenizer_and_spec(cfg)
-    args = build_model_args(cfg, spec, tokenizer.vocab_size, ParallelDims(world_size=1, dp_shard=1))
+    args = build_model_args(cfg, spec, tokenizer.vocab_size, ParallelDims(world_size=1, dp_shard=1),
+                            tokenizer.eos_id)
     set_determinism(cfg.training.seed if cfg.training.seed is not None else 0)
     print(f"seed checkpoint written to {save_seed_checkpoint(cfg, spec, args)}")
 

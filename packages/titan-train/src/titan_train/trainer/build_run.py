@@ -61,7 +61,7 @@ def build_run(cfg: JobConfig) -> Run:
     check_dump_folder(cfg.job.dump_folder)
     spec, tokenizer = build_tokenizer_and_spec(cfg)           # unknown model/flavor, tokenizer file
     plan = plan_layout(cfg)                                   # degrees vs world size, batch sizes
-    args = build_model_args(cfg, spec, tokenizer.vocab_size, plan.dims)  # TP/CP vs heads
+    args = build_model_args(cfg, spec, tokenizer.vocab_size, plan.dims, tokenizer.eos_id)  # TP/CP vs heads
     if plan.dims.cp > 1:
         pipeline.validate_cp(cfg, plan.dims, args)
     layout = setup_distributed(cfg, plan)                     # process groups only after all checks

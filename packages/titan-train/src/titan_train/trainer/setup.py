@@ -97,7 +97,7 @@ def tokenizer_path(cfg: JobConfig) -> str | None:
     return cfg.model.tokenizer_path or cfg.model.hf_assets_path
 
 
-def build_model_args(cfg: JobConfig, spec, vocab_size: int, dims: ParallelDims):
+def build_model_args(cfg: JobConfig, spec, vocab_size: int, dims: ParallelDims, eos_id: int | None = None):
     overrides: dict = {"max_seq_len": cfg.training.seq_len, "attn_backend": cfg.model.attn_backend,
                        "attn_mask": cfg.model.attn_mask}
     want_vocab = cfg.model.vocab_size if cfg.model.vocab_size > 0 else vocab_size
@@ -106,8 +106,13 @@ def build_model_args(cfg: JobConfig, spec, vocab_size: int, dims: ParallelDims):
     overrides["vocab_size"] = want_vocab
     if cfg.model.tie_embeddings is not None:
         overrides["tie_embeddings"] = cfg.model.tie_embeddings
+    if cfg.model.attn_mask == "block_causal":
+        overrides["eos_id"] = eos_id
+        if dims.pp > 1 or (dims.cp > 1 and cfg.parallelism.context_parallel_method == "ulysses"):
+            raise ConfigError("model.attn_mask = 'block_causal' does not combine with pipeline parallel or "
+                              "Ulysses context parallel yet; use attn_mask = 'causal' there")
     args = spec.args_for(cfg.model.flavor, **overrides)
-    spec.validate(args, tp=dims.tp, cp=dims.cp)
+    spec.validate(args, tp=dims.tp, cp=dims.cp, pp=dims.pp)
     return args
 
 
