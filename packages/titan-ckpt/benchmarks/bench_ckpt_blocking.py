@@ -54,7 +54,8 @@ def run_mode(mode, model, opt, args, folder: Path) -> dict:
                            device=args.device)
     blocked, backlog, step_times = [], [], []
     pending = 0.0
-    for step in range(1, args.interval * args.saves + 1):
+    # One step past the last save, so waiting for its staging is counted too.
+    for step in range(1, args.interval * args.saves + 2):
         _sync(args.device)
         t0 = time.perf_counter()
         with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.device == "cuda"):

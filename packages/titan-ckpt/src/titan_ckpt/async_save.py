@@ -1,7 +1,8 @@
 """The two async save modes, on top of dcp.async_save.
 
-"async": the state is copied to fresh CPU memory while the caller waits (DCP's blocking stager),
-then a background thread serializes and writes it. Light: no extra process, no pinned memory.
+"async": the state is copied, while the caller waits, into CPU buffers allocated at the first
+save and reused (pinned when CUDA is available, so the copy runs at full bus speed); then a
+background thread serializes and writes it. No extra process.
 
 "async_with_pinned_mem": the state is copied into pinned, shared CPU buffers that are allocated
 once and reused; on GPU the copy runs on a side stream in the background (the caller must call
@@ -27,33 +28,37 @@ from .dcp_io import dist_on, explain
 
 ASYNC_MODES: dict[str, str] = {
     "disabled": "save() blocks until every rank's data is written",
-    "async": "save() blocks while the state is copied to CPU; a thread writes",
-    "async_with_pinned_mem": "reused pinned CPU buffers, background copy on GPU, a process writes",
+    "async": "save() blocks while the state is copied into reused CPU buffers; a thread writes",
+    "async_with_pinned_mem": "reused pinned shared buffers, background copy on GPU, a process writes",
 }
 
 
-class PinnedStager(AsyncStager):
-    """Copies the state into CPU buffers allocated once (pinned and shared) and reused.
+class ReusedBufferStager(AsyncStager):
+    """Copies the state into CPU buffers allocated once (pinned on CUDA machines) and reused.
 
-    On a GPU the copy runs in a background thread on a side stream, after the work already
-    queued on the caller's stream (so it sees the values at save time); the returned future
-    completes when the copy has landed. torch's DefaultStager is not used: in some releases
-    (2.11) it drops its buffers after every save and then fails on the next one.
+    background=True (GPU only): the copy runs in a thread on a side stream, after the work
+    already queued on the caller's stream (so it sees the values at save time); the returned
+    future completes when the copy has landed. shared=True puts the buffers in shared memory
+    for a writer process. torch's DefaultStager is not used: in some releases (2.11) it drops
+    its buffers after every save and then fails on the next one.
     """
 
     _synchronize_after_execute = False
 
-    def __init__(self) -> None:
+    def __init__(self, *, background: bool, shared: bool) -> None:
         self.gpu = torch.cuda.is_available()
+        self.shared = shared
         self._buffers: Any = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="titan-ckpt-stage") if self.gpu else None
-        self._stream = torch.cuda.Stream() if self.gpu else None
+        background = background and self.gpu
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="titan-ckpt-stage") if background else None
+        self._stream = torch.cuda.Stream() if background else None
 
     def stage(self, state_dict: Any, **kwargs: Any) -> Any:
         from torch.distributed._state_dict_utils import _create_cpu_state_dict
 
         if self._buffers is None or not _same_structure(self._buffers, state_dict):
-            self._buffers = _create_cpu_state_dict(state_dict, pin_memory=self.gpu, share_memory=True)
+            self._buffers = _create_cpu_state_dict(state_dict, pin_memory=self.gpu,
+                                                   share_memory=self.shared)
         if self._executor is None:
             return self._copy(state_dict, None)
         ready = torch.cuda.Event()
@@ -109,13 +114,11 @@ class AsyncSaver:
         self.wait_for_staging()
         kwargs: dict[str, Any] = dict(storage_writer=dcp.FileSystemWriter(folder),
                                       process_group=self.process_group, no_dist=not dist_on())
-        if self.mode == "async":
-            kwargs["async_checkpointer_type"] = AsyncCheckpointerType.THREAD
-        else:
-            self._stager = self._stager or PinnedStager()
-            kwargs["async_stager"] = self._stager
-            kwargs["async_checkpointer_type"] = (
-                AsyncCheckpointerType.PROCESS if dist_on() else AsyncCheckpointerType.THREAD)
+        pinned = self.mode == "async_with_pinned_mem"
+        self._stager = self._stager or ReusedBufferStager(background=pinned, shared=pinned)
+        kwargs["async_stager"] = self._stager
+        kwargs["async_checkpointer_type"] = (
+            AsyncCheckpointerType.PROCESS if pinned and dist_on() else AsyncCheckpointerType.THREAD)
         try:
             out = dcp.async_save(state, **kwargs)
         except (Exception, CheckpointException) as e:

@@ -34,9 +34,10 @@ class CheckpointManager:
     keep_latest_k: after each save keep only the newest k complete checkpoints (0: keep all);
         the newest complete checkpoint and the one just saved are never deleted.
     async_mode: "disabled" (save blocks until written), "async" (blocks while the state is
-        copied to CPU, a background thread writes), "async_with_pinned_mem" (copies into reused
-        pinned, shared CPU buffers on a side CUDA stream, a background process writes; call
-        `wait_for_staging()` before the next optimizer step).
+        copied into reused CPU buffers, pinned on CUDA machines; a background thread writes),
+        "async_with_pinned_mem" (the copy into reused pinned, shared buffers runs on a side CUDA
+        stream; a background process writes; call `wait_for_staging()` before the next
+        optimizer step). Both async modes keep one CPU copy of the state between saves.
     process_group: the ranks that save together (default: all). Async modes need a group with a
         CPU (gloo) backend that the training loop does not use; by default one is created.
     enable: False turns save/load into no-ops (save returns False, load returns None).
