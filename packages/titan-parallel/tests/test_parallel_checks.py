@@ -103,6 +103,8 @@ def test_mesh_and_layout_errors(world4):
         apply_tp(model, world4["tp"], tp_plan(), async_tp=True)
     with pytest.raises(ParallelConfigError, match="reshard_after_forward='sometimes'"):
         apply_fsdp(model, world4["dp"], reshard_after_forward="sometimes")
+    with pytest.raises(ParallelConfigError, match="cpu_offload=True .* already on the CPU"):
+        apply_fsdp(model, world4["dp"], cpu_offload=True)
     with pytest.raises(ParallelConfigError, match="param_dtype='bfloat' .*closest: 'bfloat16'"):
         apply_fsdp(model, world4["dp"], param_dtype="bfloat")
     with pytest.raises(ParallelConfigError, match=r"mesh must be 1-D \(shard\); got a 2-D mesh"):

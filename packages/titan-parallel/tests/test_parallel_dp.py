@@ -65,14 +65,13 @@ def test_fsdp_bf16_mixed_precision_within_bf16_tolerance(pool):
 
 
 def _composed(dp):
-    # The documented order through parallelize: AC (per-op) -> compile -> FSDP or DDP. Dynamo's
-    # "eager" backend captures the same full graphs as inductor at a fraction of the CPU time.
+    # The documented order through parallelize: AC (per-op) -> compile -> FSDP or DDP, on the meta
+    # model, then init. Dynamo's "eager" backend captures the same full graphs as inductor at a
+    # fraction of the CPU time.
     mesh = init_device_mesh("cpu", (4,), mesh_dim_names=("dp",))
     model = parallelize(meta_model(), ac=ACOptions(mode="selective"), compile=CompileOptions(backend="eager"),
-                        dp_mesh=mesh if dp == "fsdp" else None)
-    init_weights(model, device="cpu")
-    if dp == "ddp":
-        apply_ddp(model, mesh)  # after init: DDP broadcasts rank 0's weights at the first forward
+                        dp_mesh=mesh, dp=dp)
+    init_weights(model, device="cpu")  # DDP broadcasts rank 0's weights at the first forward
     kinds = sorted({type(b).__name__ for b in model.layers})
     result = compare_training(model, reference_model(), optimizer="adamw", dp_rank=dist.get_rank(), dp_size=4)
     return {**result, "kinds": kinds}

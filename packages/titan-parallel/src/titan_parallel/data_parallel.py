@@ -89,8 +89,8 @@ def apply_fsdp(
     reshard_after_forward: ReshardAfterForward = "default",
     cpu_offload: bool = False,
 ) -> nn.Module:
-    """Shard `model` with FSDP2: each unit (default: each repeated block) its own all-gather group,
-    then the root for whatever is left (embeddings, final norm, output).
+    """Shard `model` with FSDP2: each unit (default: each repeated block; `[]`: none) its own
+    all-gather group, then the root for whatever is left (embeddings, final norm, output).
 
     mesh: 1-D -> FSDP over its ranks; 2-D (replicate, shard) -> HSDP: sharded along dim 1,
     replicated along dim 0. param_dtype/reduce_dtype: mixed precision (e.g. "bfloat16" compute,
@@ -104,6 +104,11 @@ def apply_fsdp(
     Apply after TP, activation checkpointing and compile. Returns the model (modified in place).
     """
     check_dp_mesh(mesh, model)
+    if cpu_offload and mesh.device_type == "cpu":
+        raise ParallelConfigError(
+            "cpu_offload=True moves GPU parameters to the CPU, but this mesh is already on the CPU; "
+            "leave cpu_offload off for CPU training"
+        )
     mp = MixedPrecisionPolicy(param_dtype=as_dtype("param_dtype", param_dtype),
                               reduce_dtype=as_dtype("reduce_dtype", reduce_dtype))
     offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
