@@ -175,3 +175,47 @@ def test_hf_export_from_fsdp_and_load_into_tp_and_pp(pool, tmp_path):
     assert_same(tp[0], expected, "tp")
     pp = pool.run(_hf_load_into, str(sharded), "pp")
     assert_same({**pp[0], **pp[1]}, expected, "pp")
+
+
+def _tiny_llama():
+    from titan_models import get_model_spec
+    from titan_models.testing import tiny_llama_args
+
+    spec = get_model_spec("llama3")
+    args = tiny_llama_args()
+    torch.manual_seed(0)
+    model = spec.build(args)
+    model.init_weights()
+    return model, spec.state_dict_adapter(args)
+
+
+def _llama_hf_round_trip_under_fsdp(out):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    model, adapter = _tiny_llama()
+    mesh = init_device_mesh("cpu", (2,))
+    for block in model.layers.values():
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    export_hf(out, model, adapter, torch.float32)
+    fresh, _ = _tiny_llama()
+    for p in fresh.parameters():
+        p.data.zero_()
+    for block in fresh.layers.values():
+        fully_shard(block, mesh=mesh)
+    fully_shard(fresh, mesh=mesh)
+    load_hf_weights(out, fresh, adapter)
+    return full_states(fresh, make_optimizer(fresh, "sgd"))[0]
+
+
+def test_llama_adapter_exports_and_loads_fsdp_shards(pool, tmp_path):
+    from safetensors.torch import load_file
+
+    got = pool.run(_llama_hf_round_trip_under_fsdp, str(tmp_path / "fsdp"))
+    model, adapter = _tiny_llama()
+    export_hf(tmp_path / "one", model, adapter, torch.float32)
+    a, b = load_file(tmp_path / "fsdp/model.safetensors"), load_file(tmp_path / "one/model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    expected = {k: v.detach() for k, v in model.state_dict().items()}
+    assert_same(got[0], expected, "llama via HF under FSDP")
