@@ -24,6 +24,9 @@ KNOWN = ("loss", "validation_loss", "grad_norm", "lr", "tokens_per_second", "tfl
          "memory_max_reserved_gib", "memory_max_active_gib", "memory_rss_gib", "data_loading_pct", "step_time_s")
 
 
+LINESTYLES = ("-", "--", ":", "-.")
+
+
 class PlotError(ValueError):
     """A missing or unreadable run, or a bad option: printed without a traceback."""
 
@@ -78,12 +81,15 @@ def plot(runs: list[tuple[str, list[dict]]], metrics: Sequence[str], out: Path, 
     fig, axes = plt.subplots(len(metrics), 1, figsize=(8, 2.8 * len(metrics)), sharex=True, squeeze=False)
     for ax, metric in zip(axes[:, 0], metrics):
         drawn = 0
-        for label, records in runs:
+        for i, (label, records) in enumerate(runs):
             xs, ys = series(records, metric)
             if not xs:
                 continue
-            style = {"marker": "o", "linestyle": "--"} if metric == "validation_loss" else {}
-            ax.plot(xs, ys, label=label, linewidth=1.2, **style)
+            # runs that agree (parity checks) would hide each other: vary width and dash
+            style = {"linestyle": LINESTYLES[i % len(LINESTYLES)], "linewidth": 2.4 if i == 0 else 1.3}
+            if metric == "validation_loss":
+                style["marker"] = "o"
+            ax.plot(xs, ys, label=label, **style)
             drawn += 1
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)

@@ -6,7 +6,6 @@ import textwrap
 
 import pytest
 import torch
-
 from titan_train.config import build_config
 from titan_train.errors import ConfigError
 from titan_train.memory import check_fits, estimate, precheck

@@ -8,13 +8,12 @@ every AC mode, with the CPU's RMSNorm kernel (fused or composite, detected).
 import dataclasses
 
 import pytest
-import torch
-from torch import nn
-
 import titan_models
+import torch
 from titan_parallel import apply_ac
 from titan_train.memory.activations import ActShape, eager_terms, head_bytes, layer_bytes
 from titan_train.memory.measure import LiveBytes, layer_activation_bytes
+from torch import nn
 
 SPEC = titan_models.get_model_spec("llama3")
 ARGS = SPEC.args_for("debugmodel", dim=128, n_layers=1, n_heads=8, n_kv_heads=2, vocab_size=256,

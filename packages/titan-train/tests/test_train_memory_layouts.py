@@ -5,7 +5,6 @@ import math
 import time
 
 import pytest
-
 from titan_train.config import build_config
 from titan_train.errors import ConfigError
 from titan_train.memory import estimate

@@ -18,7 +18,12 @@ import torch
 
 from titan_train.config import JobConfig, check_config
 from titan_train.errors import ConfigError
-from titan_train.memory.estimate import FRAGMENTATION, RUNTIME_OVERHEAD_GIB, MemoryEstimate, estimate_layout
+from titan_train.memory.estimate import (
+    FRAGMENTATION,
+    RUNTIME_OVERHEAD_GIB,
+    MemoryEstimate,
+    estimate_layout,
+)
 from titan_train.memory.layout import Layout, plan
 from titan_train.memory.sizes import ParamSizes, param_sizes
 

@@ -68,6 +68,7 @@ def calibrate(flavor: str, *, vocab_size: int, tie: bool, seq_len: int, batch: i
               compile_options: list[bool], device: torch.device, out: str | None = None,
               float8: bool = False) -> list[dict]:
     import titan_models
+
     from titan_train.trainer.step import cross_entropy_loss
 
     spec = titan_models.get_model_spec("llama3")
@@ -79,8 +80,10 @@ def calibrate(flavor: str, *, vocab_size: int, tie: bool, seq_len: int, batch: i
         for mode in modes:
             k = int(mode) if mode.isdigit() else 1
             torch._dynamo.reset()
-            got = layer_activation_bytes(lambda n: _build(spec, args, n, mode, compiled, device, float8), tokens,
-                                         loss_fn, layers=(k, 2 * k), warmup=True)
+            def build(n, mode=mode, compiled=compiled):
+                return _build(spec, args, n, mode, compiled, device, float8)
+
+            got = layer_activation_bytes(build, tokens, loss_fn, layers=(k, 2 * k), warmup=True)
             shape = ActShape.from_args(args, vocab=vocab_size, fused_norm=device.type == "cuda", float8=float8)
             ac_mode = "none" if mode == "none" else "full" if mode == "full" else "selective"
             option = "op" if mode == "op" else mode

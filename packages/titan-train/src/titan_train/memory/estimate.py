@@ -58,8 +58,9 @@ class MemoryEstimate:
         lines = [f"Memory estimate per GPU ({self.layout}; worst pipeline rank {self.pp_rank}, "
                  f"peak at {self.phase}):"]
         lines += [f"  {name:<34}{value:8.2f} GiB" for name, value in rows]
+        reserved = f"peak reserved (x{FRAGMENTATION:.2f})"
         lines += [f"  {'peak allocated':<34}{self.peak_allocated:8.2f} GiB",
-                  f"  {'peak reserved (x%.2f)' % FRAGMENTATION:<34}{self.peak_reserved:8.2f} GiB",
+                  f"  {reserved:<34}{self.peak_reserved:8.2f} GiB",
                   f"  {'+ CUDA context/NCCL = total':<34}{self.total:8.2f} GiB"]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)

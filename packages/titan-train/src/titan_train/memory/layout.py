@@ -107,6 +107,7 @@ def _in_flight(schedule: str, pp: int, rank: int, stages_per_rank: int, n_mb: in
 
 def _pipeline_ranks(cfg: JobConfig, pp: int, n_layers: int, order: list[str], n_mb: int) -> tuple[str, tuple[RankStages, ...]]:
     from titan_parallel.pipeline import SCHEDULES, plan_stages, resolve_schedule, stage_ids_for_rank
+
     from titan_train.trainer.pipeline import _from_split_points
 
     p = cfg.parallelism
@@ -137,6 +138,7 @@ def plan(cfg: JobConfig, world_size: int) -> Layout:
     from titan_mesh import ParallelDims
     from titan_mesh.parallel_dims import ParallelDimsError
     from titan_parallel import ParallelConfigError
+
     from titan_train.trainer.setup import build_model_args
 
     p, t = cfg.parallelism, cfg.training

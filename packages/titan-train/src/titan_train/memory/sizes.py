@@ -93,6 +93,7 @@ def measure(cfg: JobConfig, layout: Layout) -> ParamSizes:
     import titan_models
     from titan_mesh import ParallelDims
     from titan_mesh.testing import fake_world
+
     from titan_train.trainer.build_model import parallelize_part
 
     spec = titan_models.get_model_spec(layout.model_name)
