@@ -7,7 +7,6 @@ start; pipeline stages come from titan-parallel's stage planner.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,6 +194,3 @@ def plan(cfg: JobConfig, world_size: int) -> Layout:
         vocab_note=vocab_note,
     )
 
-
-def replace(layout: Layout, **changes: Any) -> Layout:
-    return dataclasses.replace(layout, **changes)
