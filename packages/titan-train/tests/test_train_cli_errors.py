@@ -5,7 +5,6 @@ import sys
 import time
 
 import pytest
-
 from titan_train.cli import main
 
 

@@ -4,7 +4,6 @@ import dataclasses
 import textwrap
 
 import pytest
-
 from titan_train.config import build_config, check_config, help_text, shipped_configs, to_toml
 from titan_train.config.parse import all_option_keys
 from titan_train.errors import ConfigError

@@ -5,7 +5,6 @@ ranks, HSDP 2x2 and FSDP x TP 2x2 on four. fp32 on CPU; relative gap < 1e-3 (obs
 """
 
 import pytest
-
 from titan_mesh.testing import DistributedPool
 from train_e2e_helpers import train
 

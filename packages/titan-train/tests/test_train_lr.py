@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from titan_train.trainer.optim import (
     OptimizerSettings,
     ScheduleSettings,

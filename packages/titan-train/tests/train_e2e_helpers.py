@@ -15,7 +15,6 @@ BASE = ["--training.seq_len", "32", "--training.local_batch_size", "2", "--train
 def train(out: str, *extra: str) -> list[dict]:
     """Run titan-train with BASE + extra into `out`; return the metrics records (rank 0)."""
     import torch.distributed as dist
-
     from titan_train.cli import main
 
     code = main([*BASE, "--job.dump_folder", out, *extra])

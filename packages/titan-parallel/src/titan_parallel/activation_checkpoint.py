@@ -13,7 +13,6 @@ saved and everything else (norms, activations, elementwise ops, views) is recomp
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -69,9 +68,14 @@ class OpPolicy:
     recompute_every_nth_matmul: int = 2
 
     def context_fn(self) -> Callable[[], tuple]:
-        """checkpoint's context_fn: a functools.partial of a plain function, the form that
-        torch.compile can trace (it tags ops at compile time)."""
-        return functools.partial(_selective_contexts, self.save_ops, self.recompute_every_nth_matmul)
+        """checkpoint's context_fn: a plain closure, the form torch.compile traces on every
+        supported release (2.11's dynamo rejects other callables here)."""
+        save_ops, n = self.save_ops, self.recompute_every_nth_matmul
+
+        def context_fn() -> tuple:
+            return _selective_contexts(save_ops, n)
+
+        return context_fn
 
 
 def _selective_contexts(save_ops: frozenset, n: int) -> tuple:
@@ -137,7 +141,10 @@ def apply_ac(
         if isinstance(policy, OpPolicy):
             kwargs["context_fn"] = policy.context_fn()
         elif callable(policy):
-            kwargs["context_fn"] = functools.partial(create_selective_checkpoint_contexts, policy)
+            def context_fn(policy=policy) -> tuple:
+                return create_selective_checkpoint_contexts(policy)
+
+            kwargs["context_fn"] = context_fn
         else:
             raise ParallelConfigError(f"op_policy must be an OpPolicy or a callable, got {policy!r}")
     for index, (name, block) in enumerate(blocks):

@@ -5,7 +5,14 @@ from __future__ import annotations
 import os
 import sys
 
-from titan_train.config import JobConfig, build_config, check_config, help_text, shipped_configs, to_toml
+from titan_train.config import (
+    JobConfig,
+    build_config,
+    check_config,
+    help_text,
+    shipped_configs,
+    to_toml,
+)
 from titan_train.errors import ConfigError
 
 

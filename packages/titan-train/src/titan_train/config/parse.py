@@ -13,7 +13,7 @@ from titan_train.config.coerce import a_type, coerce
 from titan_train.config.job_config import JobConfig
 from titan_train.errors import ConfigError
 
-if sys.version_info >= (3, 11):
+if sys.version_info >= (3, 11):  # noqa: UP036 - the package supports 3.10 (tomli)
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib

@@ -8,11 +8,11 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 
+import titan_parallel as tp_lib
 import torch
+from titan_mesh import ParallelDims
 from torch import nn
 
-import titan_parallel as tp_lib
-from titan_mesh import ParallelDims
 from titan_train.config import JobConfig
 
 

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-
-import torch
+import os
 
 import titan_parallel as tp_lib
+import torch
+
 from titan_train.config import JobConfig
 from titan_train.errors import ConfigError
 from titan_train.trainer import checkpointing, pipeline
 from titan_train.trainer.build_model import apply_converters, parallelize_part
 from titan_train.trainer.hardware import device_peak
 from titan_train.trainer.metrics import MetricsLogger, MetricsSettings
-from titan_train.trainer.optim import OptimizerSettings, ScheduleSettings, build_lr_scheduler, build_optimizer
+from titan_train.trainer.optim import (
+    OptimizerSettings,
+    ScheduleSettings,
+    build_lr_scheduler,
+    build_optimizer,
+)
 from titan_train.trainer.profiling import make_profiler
 from titan_train.trainer.run import Run, make_validator
 from titan_train.trainer.setup import (
@@ -64,6 +70,12 @@ def build_run(cfg: JobConfig) -> Run:
     args = build_model_args(cfg, spec, tokenizer.vocab_size, plan.dims, tokenizer.eos_id)  # TP/CP vs heads
     if plan.dims.cp > 1:
         pipeline.validate_cp(cfg, plan.dims, args)
+    if cfg.memory_estimation.enabled:                          # a layout that cannot fit stops here
+        from titan_train.memory import precheck
+
+        table = precheck(cfg, plan.dims.world_size, torch.device(plan.device_type))
+        if table and os.environ.get("RANK", "0") == "0":
+            print(table, flush=True)
     layout = setup_distributed(cfg, plan)                     # process groups only after all checks
     dims, device = layout.dims, layout.info.device
     if cfg.validation.enable and dims.pp > 1:

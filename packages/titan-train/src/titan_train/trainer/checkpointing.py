@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import torch
-
 import titan_ckpt
+import torch
+from titan_ckpt.hf import export_hf, load_hf_weights
+
 from titan_train.config import JobConfig
 from titan_train.errors import ConfigError
 from titan_train.trainer.run import Run, dump_path
@@ -25,7 +26,7 @@ def _initial_load(run: Run, cfg: JobConfig, adapter) -> None:
     c = cfg.checkpoint
     path = c.initial_load_path
     if c.initial_load_in_hf:
-        titan_ckpt.load_hf_weights(path, run.parts, adapter)
+        load_hf_weights(path, run.parts, adapter)
         run.metrics.log_text(f"initial weights: Hugging Face safetensors from {path}")
         return
     source = titan_ckpt.CheckpointManager(path, interval=1, keep_latest_k=0)
@@ -64,8 +65,8 @@ def attach(run: Run, layout, spec, args) -> None:
 
     def export(step: int) -> None:
         if c.last_save_in_hf:
-            out = dump_path(cfg, c.folder) / f"step-{step}-hf"
-            titan_ckpt.export_hf(out, run.parts, adapter, dtype=dtype)
+            out = dump_path(cfg, "hf") / f"step-{step}"
+            export_hf(out, run.parts, adapter, dtype=dtype)
             run.metrics.log_text(f"exported Hugging Face weights to {out}")
         if run.ckpt is None:
             return

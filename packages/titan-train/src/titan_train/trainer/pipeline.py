@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import nn
-
+from titan_mesh import ParallelDims
 from titan_parallel import context as cp_lib
 from titan_parallel import pipeline as pp_lib
-from titan_mesh import ParallelDims
+from torch import nn
+
 from titan_train.config import JobConfig
 
 

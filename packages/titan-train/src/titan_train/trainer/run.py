@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from titan_mesh import dist_mean, dist_sum
 from torch import nn
 
-from titan_mesh import dist_mean, dist_sum
 from titan_train.config import JobConfig
 from titan_train.trainer.hardware import Peak
 from titan_train.trainer.metrics import MetricsLogger

@@ -6,12 +6,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from torch import nn
-
 import titan_data
 import titan_models
+import torch
 from titan_mesh import DistInfo, ParallelDims, init_distributed, set_determinism
+from torch import nn
+
 from titan_train.config import JobConfig
 from titan_train.errors import ConfigError
 
