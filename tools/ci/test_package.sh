@@ -15,10 +15,22 @@ py=${PYTHON:-python3}
 # The package and, recursively, the titan-* packages it (or its test extra) depends on.
 closure=$("$py" "$root/tools/ci/sibling_closure.py" "$root/packages" "$name")
 echo "-- $name: building wheels for: $closure"
-"$py" -m venv "$work/build-env"
-"$work/build-env/bin/pip" install -q build hatchling >/dev/null
+# One build env and one wheel per package for the whole CI run (wheels are rebuilt when sources change).
+shared="$root/.ci-work/wheels"
+mkdir -p "$shared"
+if [ ! -x "$shared/build-env/bin/python" ]; then
+  "$py" -m venv "$shared/build-env"
+  "$shared/build-env/bin/pip" install -q build hatchling >/dev/null
+fi
 for dep in $closure; do
-  "$work/build-env/bin/python" -m build -q --wheel --no-isolation --outdir "$work/dist" "$root/packages/$dep" >/dev/null
+  stamp="$shared/$dep.stamp"
+  newest=$(find "$root/packages/$dep" -type f -not -path '*/__pycache__/*' -newer "$stamp" 2>/dev/null | head -1 || true)
+  if [ ! -f "$stamp" ] || [ -n "$newest" ]; then
+    rm -f "$shared/${dep//-/_}"-*.whl
+    "$shared/build-env/bin/python" -m build -q --wheel --no-isolation --outdir "$shared" "$root/packages/$dep" >/dev/null
+    touch "$stamp"
+  fi
+  cp "$shared/${dep//-/_}"-*.whl "$work/dist/"
 done
 
 "$py" -m venv "$work/venv"
@@ -27,7 +39,12 @@ for dep in $closure; do
   whl=$(ls "$work/dist/${dep//-/_}"-*.whl)
   if [ "$dep" = "$name" ]; then wheels+=("$whl[test]"); else wheels+=("$whl"); fi
 done
-"$work/venv/bin/pip" install -q "${wheels[@]}" 2>&1 | grep -v "is ignored" || true
+# uv (installed with hatch) links packages from its cache: much faster than pip for torch.
+if command -v uv >/dev/null 2>&1; then
+  uv pip install -q --python "$work/venv/bin/python" "${wheels[@]}"
+else
+  "$work/venv/bin/pip" install -q "${wheels[@]}" 2>&1 | grep -v "is ignored" || true
+fi
 "$work/venv/bin/pip" check
 
 mod=${name//-/_}
