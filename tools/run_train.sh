@@ -16,5 +16,5 @@ export TORCH_NCCL_AVOID_RECORD_STREAMS=${TORCH_NCCL_AVOID_RECORD_STREAMS:-1}
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 
 exec torchrun --nproc_per_node="${NGPU}" --rdzv_backend c10d --rdzv_endpoint="localhost:0" \
-  --local-ranks-filter "${LOG_RANK}" --role rank --tee 3 \
+  --local-ranks-filter "${LOG_RANK}" \
   -m titan_train --config "${CONFIG_FILE}" "$@"
