@@ -63,3 +63,13 @@ def test_help_and_print_config(capsys):
     assert "--parallelism.tensor_parallel_degree" in capsys.readouterr().out
     assert main(["--print-config", "--training.steps", "5"]) == 0
     assert "steps = 5" in capsys.readouterr().out
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(capsys, tmp_path):
+    code = main(["--training.steps", "6", "--optimizer.lr", "1e9", "--training.max_norm", "0",
+                 "--lr_scheduler.warmup_steps", "0", "--training.seq_len", "32", "--metrics.log_freq", "1",
+                 "--metrics.enable_tensorboard", "false", "--checkpoint.enable", "--checkpoint.interval", "1",
+                 "--job.dump_folder", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 3 and "training diverged at step 2" in err and "step 1" in err and "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "checkpoint").iterdir()) == ["step-1"]
