@@ -1,5 +1,4 @@
 import pytest
-
 from titan_mesh import LaunchEnvError, ParallelDims, ParallelDimsError, read_launch_env
 
 

@@ -1,7 +1,6 @@
 """Mesh shapes and names at scale, built on a fake process group (no communication)."""
 
 import pytest
-
 from titan_mesh import ParallelDims, get_submesh
 from titan_mesh.testing import fake_world
 

@@ -3,8 +3,15 @@
 import pytest
 import torch
 import torch.distributed as dist
-
-from titan_mesh import ParallelDims, dist_max, dist_mean, dist_sum, get_submesh, set_determinism
+from titan_mesh import (
+    ParallelDims,
+    dist_max,
+    dist_mean,
+    dist_reduce_tensor,
+    dist_sum,
+    get_submesh,
+    set_determinism,
+)
 from titan_mesh.testing import DistributedPool, RemoteError
 
 
@@ -27,6 +34,8 @@ def _hsdp_views():
     out["mean"] = dist_mean(torch.tensor(float(rank)), mesh)
     out["max"] = dist_max(float(rank), mesh["dp_shard"])
     out["sum"] = dist_sum(1.0, pd.get_mesh("dp"))
+    lazy = dist_reduce_tensor(torch.tensor(float(rank)), "max", mesh)  # a tensor, read later
+    out["lazy"] = (type(lazy).__name__, lazy.dim(), lazy.item())
     return out
 
 
@@ -40,6 +49,7 @@ def test_flattened_views_reduce_over_the_right_ranks(pool):
         assert res[r]["dp_shard_cp"] == res[r]["dp_shard"]  # no cp: FSDP group == shard group
         assert res[r]["dp_cp"] == res[r]["dp"]
         assert res[r]["mean"] == 1.5 and res[r]["sum"] == 4.0
+        assert res[r]["lazy"] == ("Tensor", 0, 3.0)
     assert [res[r]["max"] for r in range(4)] == [1.0, 1.0, 3.0, 3.0]
 
 

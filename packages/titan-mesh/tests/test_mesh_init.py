@@ -3,7 +3,6 @@ import sys
 
 import pytest
 import torch.distributed as dist
-
 from titan_mesh import LaunchEnvError, init_distributed
 
 

@@ -110,3 +110,32 @@ def test_compiled_blocks_take_a_new_document_mask_without_recompiling():
     assert counters["stats"]["unique_graphs"] == graphs, "recompiled for a new document layout"
     for g, w in zip(got, want[1:]):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask", ["causal", "block_causal"])
+def test_grouped_query_kernels_equal_repeated_kv(mask):
+    """k/v handed to SDPA with n_kv_heads (enable_gqa) == repeated to every query head: same loss
+    and gradients, so repeat_kv (kept for torch's ring attention) changes nothing else."""
+    extra = {"attn_mask": mask, "eos_id": EOS} if mask == "block_causal" else {}
+    torch.manual_seed(0)
+    native = Transformer(tiny_llama_args(**extra))
+    assert native.args.kv_heads < native.args.n_heads
+    repeated = Transformer(tiny_llama_args(repeat_kv=True, **extra))
+    repeated.load_state_dict(native.state_dict())
+    tokens = _packed()
+    for m in (native, repeated):
+        m(tokens).float().logsumexp(-1).mean().backward()
+    for (name, a), (_, b) in zip(native.named_parameters(), repeated.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6, msg=name)
+    torch.testing.assert_close(native(tokens), repeated(tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_sdpa_kernel_priority_is_validated_and_kept():
+    from titan_models import get_model_spec
+
+    spec = get_model_spec("llama3")
+    with pytest.raises(ModelConfigError, match="unknown SDPA kernel 'cudn'.*did you mean 'cudnn'"):
+        spec.validate(spec.args_for("debugmodel", sdpa_kernels=("cudn",)))
+    m = Transformer(tiny_llama_args(sdpa_kernels=("cudnn", "flash", "math")))
+    assert m.layers["0"].attention.sdpa.kernels == ("cudnn", "flash", "math")
+    m(_packed()).sum().backward()  # on CPU the math/flash kernels of the list serve

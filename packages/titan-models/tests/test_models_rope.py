@@ -54,3 +54,31 @@ def test_table_layout_and_relative_positions():
         return (apply_rope(q, table[i:i + 1]) * apply_rope(k, table[j:j + 1])).sum()
     torch.testing.assert_close(dot(3, 1), dot(40, 38), rtol=1e-5, atol=1e-5)
     assert apply_rope(q.bfloat16(), table[:1]).dtype == torch.bfloat16
+
+
+def test_rope_backward_is_the_inverse_rotation():
+    from titan_models.llama.rope import _rotate
+
+    table = rope_table(16, 12, 10000.0, SCALING)
+    cos, sin = table[..., 0].unsqueeze(1), table[..., 1].unsqueeze(1)
+    x = torch.randn(2, 12, 3, 16, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: apply_rope(t, table), (x,))
+    for dtype in (torch.float32, torch.bfloat16):
+        a = torch.randn(2, 12, 3, 16).to(dtype).requires_grad_()
+        b = a.detach().clone().requires_grad_()
+        g = torch.randn(2, 12, 3, 16).to(dtype)
+        apply_rope(a, table).backward(g)
+        _rotate(b, cos, sin).backward(g)  # plain autograd through the same forward
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0 if dtype == torch.float32 else 1e-2)
+
+
+def test_complex_and_real_rotations_agree():
+    from titan_models.llama.rope import _rotate_complex, _rotate_real
+
+    table = rope_table(16, 12, 500000.0, SCALING)
+    cos, sin = table[..., 0].unsqueeze(1), table[..., 1].unsqueeze(1)
+    x = torch.randn(2, 12, 3, 16)
+    torch.testing.assert_close(_rotate_complex(x, cos, sin), _rotate_real(x, cos, sin), rtol=1e-6, atol=1e-6)
+    xb = x.bfloat16()
+    assert _rotate_complex(xb, cos, sin).dtype == torch.bfloat16
+    torch.testing.assert_close(_rotate_complex(xb, cos, sin), _rotate_real(xb, cos, sin), rtol=0, atol=1e-2)

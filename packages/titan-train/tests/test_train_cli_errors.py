@@ -73,3 +73,16 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(capsys, tmp_path):
     err = capsys.readouterr().err
     assert code == 3 and "training diverged at step 2" in err and "step 1" in err and "Traceback" not in err
     assert sorted(p.name for p in (tmp_path / "checkpoint").iterdir()) == ["step-1"]
+
+
+def test_divergence_between_log_steps_is_caught_before_the_next_save(capsys, tmp_path):
+    """Numbers are read one step late off log steps: a NaN at step 2 still stops the run (at
+    step 3) before the step-4 checkpoint could hold the bad state."""
+    code = main(["--training.steps", "6", "--optimizer.lr", "1e9", "--training.max_norm", "0",
+                 "--lr_scheduler.warmup_steps", "0", "--training.seq_len", "32", "--metrics.log_freq", "100",
+                 "--metrics.enable_tensorboard", "false", "--checkpoint.enable", "--checkpoint.interval", "4",
+                 "--job.dump_folder", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 3 and "training diverged at step 2" in err and "no checkpoint was written" in err
+    folder = tmp_path / "checkpoint"
+    assert not folder.exists() or not [p for p in folder.iterdir() if p.name.startswith("step-")]

@@ -71,8 +71,10 @@ def test_checkpointing_orders_the_modes():
     assert full == SHAPE.act_bytes * SHAPE.dim            # only the block input survives
     # eager terms add up to the documented closed form (fused-norm case)
     fused = dataclasses.replace(SHAPE, fused_norm=True)
-    p, d, q, h, n = fused.act_bytes, fused.dim, fused.q_dim, fused.hidden, fused.n_heads
-    assert sum(eager_terms(fused).values()) == p * (2 * d + 2 * d + 4 * q + 4 * h) + 4 * n + 8
+    p, d, q, kv, h, n = fused.act_bytes, fused.dim, fused.q_dim, fused.kv_dim, fused.hidden, fused.n_heads
+    assert sum(eager_terms(fused).values()) == p * (2 * d + 2 * d + 2 * q + 2 * kv + 4 * h) + 4 * n + 8
+    repeated = dataclasses.replace(fused, repeat_kv=True)  # k, v at every query head (context parallel)
+    assert sum(eager_terms(repeated).values()) == p * (2 * d + 2 * d + 4 * q + 4 * h) + 4 * n + 8
 
 
 def test_tensor_parallel_divides_what_is_sharded():
@@ -82,3 +84,18 @@ def test_tensor_parallel_divides_what_is_sharded():
     gathered = 2 * one.act_bytes * one.dim
     assert layer_bytes(tp8, "none") == pytest.approx((layer_bytes(one, "none") - gathered) / 8 + gathered)
     assert head_bytes(tp8).retained < head_bytes(one).retained / 4  # vocab-sharded logits (loss parallel)
+
+
+def test_repeated_kv_layer_bytes_match_the_formula():
+    """Under context parallel k and v reach attention repeated to all heads: the formula follows."""
+    args = dataclasses.replace(ARGS, repeat_kv=True)
+
+    def build(n_layers: int) -> nn.Module:
+        torch.manual_seed(0)
+        return SPEC.build(dataclasses.replace(args, n_layers=n_layers)).to(torch.bfloat16)
+
+    tokens = torch.randint(0, ARGS.vocab_size, (BATCH, SEQ))
+    got = layer_activation_bytes(build, tokens, layers=(1, 2))
+    shape = dataclasses.replace(SHAPE, repeat_kv=True)
+    assert got["per_layer"] == pytest.approx(layer_bytes(shape, "none") * BATCH * SEQ, rel=1e-3)
+    assert layer_bytes(shape, "none") - layer_bytes(SHAPE, "none") == 2 * 2 * (SHAPE.q_dim - SHAPE.kv_dim)

@@ -1,6 +1,6 @@
 """titan-mesh: device meshes from parallelism degrees, distributed init, seeding, metric reductions."""
 
-from titan_mesh.collectives import dist_max, dist_mean, dist_reduce, dist_sum
+from titan_mesh.collectives import dist_max, dist_mean, dist_reduce, dist_reduce_tensor, dist_sum
 from titan_mesh.distributed import (
     DistInfo,
     LaunchEnv,
@@ -34,6 +34,7 @@ __all__ = [
     "dist_max",
     "dist_mean",
     "dist_reduce",
+    "dist_reduce_tensor",
     "dist_sum",
     "get_submesh",
     "init_distributed",

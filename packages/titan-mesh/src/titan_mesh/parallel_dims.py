@@ -7,9 +7,8 @@ activations point-to-point and tolerates slow links.
 
 from __future__ import annotations
 
-import warnings
-
 import math
+import warnings
 from dataclasses import dataclass, field, fields
 
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh

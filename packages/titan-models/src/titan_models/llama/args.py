@@ -50,6 +50,12 @@ class LlamaArgs:
     max_seq_len: int = 8192
     tie_embeddings: bool = False
     attn_backend: str = "sdpa"  # "sdpa" | "flex"
+    # SDPA kernels to try, in this order ("cudnn", "flash", "efficient", "math"); () = torch's
+    # default order. An execution choice, not a shape: checkpoints do not depend on it.
+    sdpa_kernels: tuple[str, ...] = ()
+    # Hand attention cores k/v repeated to the query heads, for cores that need equal head counts
+    # (torch's ring attention). False: grouped-query attention inside the kernel (less memory).
+    repeat_kv: bool = False
     attn_mask: str = "causal"  # "causal" | "block_causal" (documents separated at eos_id)
     eos_id: int | None = None
     depth_init: bool = True  # output projections of block i get std 0.02 / sqrt(2 (i + 1))

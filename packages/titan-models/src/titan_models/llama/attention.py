@@ -1,9 +1,12 @@
 """Grouped-query self-attention with a swappable attention core (`attention.sdpa`).
 
-The core sees q, k, v as [batch, heads, seq, head_dim] after RoPE, with k and v already repeated
-to the number of query heads (no enable_gqa), so a context-parallel wrapper or a replacement core
-needs no knowledge of grouped-query attention. Head counts are read from the projection outputs
-(view with -1), so column-sharded wq/wk/wv under tensor parallelism just work with local heads.
+The core sees q, k, v as [batch, heads, seq, head_dim] after RoPE. k and v keep their n_kv_heads
+(query head i reads kv head i // (n_heads / n_kv_heads), as in Meta's and HF's code) and the
+core attends with grouped-query support (SDPA's and flex's enable_gqa): repeating them would cost
+an extra copy of k and v per layer, saved for backward. With `LlamaArgs.repeat_kv` they arrive
+repeated to the query heads, for cores that need equal head counts (torch's ring attention).
+Head counts are read from the projection outputs (view with -1), so column-sharded wq/wk/wv under
+tensor parallelism just work with local heads.
 """
 
 from __future__ import annotations
@@ -20,14 +23,46 @@ from titan_models.llama.masks import causal_block_mask
 from titan_models.llama.rope import apply_rope
 
 
+def _sdpa_backends(names: tuple[str, ...]) -> list:
+    from torch.nn.attention import SDPBackend
+
+    table = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise unknown_name("SDPA kernel", unknown[0], table)
+    return [table[n] for n in names]
+
+
 class SDPACore(nn.Module):
-    """torch's scaled_dot_product_attention: is_causal when mask is None, else a dense bool mask."""
+    """torch's scaled_dot_product_attention: is_causal when mask is None, else a dense bool mask.
+
+    `kernels` (e.g. ("cudnn", "flash", "efficient", "math")) sets the order in which SDPA tries
+    its kernels for this call only (torch.nn.attention.sdpa_kernel with set_priority, which
+    torch.compile traces); empty keeps torch's default order. Why it matters: on Hopper GPUs
+    cuDNN's fused attention is faster than the flash kernel torch picks by default.
+    """
+
+    def __init__(self, kernels: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.kernels = tuple(kernels)
+        self._backends = _sdpa_backends(self.kernels) if self.kernels else None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self._backends is None:
+            return self._attend(q, k, v, mask)
+        from torch.nn.attention import sdpa_kernel
+
+        with sdpa_kernel(self._backends, set_priority=True):
+            return self._attend(q, k, v, mask)
+
+    @staticmethod
+    def _attend(q, k, v, mask):
+        gqa = k.shape[1] != q.shape[1]
         if mask is None:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
 _compiled_flex = None
@@ -40,8 +75,9 @@ def _flex(q, k, v, block_mask):
     global _compiled_flex
     from torch.nn.attention.flex_attention import flex_attention
 
+    gqa = k.shape[1] != q.shape[1]
     if torch.compiler.is_compiling():
-        return flex_attention(q, k, v, block_mask=block_mask)
+        return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=gqa)
     if q.device.type == "cpu":
         if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
             raise ModelConfigError(
@@ -49,10 +85,10 @@ def _flex(q, k, v, block_mask):
                 "backward): use attn_backend='sdpa', which also supports attn_mask='block_causal'")
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-            return flex_attention(q, k, v, block_mask=block_mask)
+            return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=gqa)
     if _compiled_flex is None:
         _compiled_flex = torch.compile(flex_attention, dynamic=False)
-    return _compiled_flex(q, k, v, block_mask=block_mask)
+    return _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=gqa)
 
 
 class FlexCore(nn.Module):
@@ -72,10 +108,10 @@ class FlexCore(nn.Module):
 CORES: dict[str, type[nn.Module]] = {"sdpa": SDPACore, "flex": FlexCore}
 
 
-def make_core(backend: str) -> nn.Module:
+def make_core(backend: str, sdpa_kernels: tuple[str, ...] = ()) -> nn.Module:
     if backend not in CORES:
         raise unknown_name("attn_backend", backend, CORES)
-    return CORES[backend]()
+    return SDPACore(sdpa_kernels) if backend == "sdpa" else CORES[backend]()
 
 
 class Attention(nn.Module):
@@ -88,7 +124,8 @@ class Attention(nn.Module):
         self.wk = nn.Linear(args.dim, args.kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(args.dim, args.kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
-        self.sdpa = make_core(args.attn_backend)
+        self.sdpa = make_core(args.attn_backend, args.sdpa_kernels)
+        self.repeat_kv = args.repeat_kv
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, mask=None) -> torch.Tensor:
         """x [batch, seq, dim]; rope: the RoPE table, at least seq rows (its first seq are used:
@@ -103,7 +140,7 @@ class Attention(nn.Module):
         v = self.wv(x).view(bsz, seq, -1, self.head_dim)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         repeats = q.shape[1] // k.shape[1]
-        if repeats > 1:  # query head i reads kv head i // repeats, as in Meta's and HF's code
+        if self.repeat_kv and repeats > 1:  # query head i reads kv head i // repeats
             k = k.repeat_interleave(repeats, dim=1)
             v = v.repeat_interleave(repeats, dim=1)
         out = self.sdpa(q, k, v, mask)

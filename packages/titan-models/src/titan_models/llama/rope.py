@@ -43,11 +43,53 @@ def rope_table(head_dim: int, seq_len: int, theta: float, scaling: RopeScaling |
     return torch.stack((angles.cos(), angles.sin()), dim=-1).float()
 
 
-def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Rotate x [batch, seq, heads, head_dim] by table [seq, head_dim // 2, 2]; math in float32."""
-    pairs = x.float().unflatten(-1, (-1, 2))
+def _rotate_real(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    pairs = (x if x.dtype == torch.float64 else x.float()).unflatten(-1, (-1, 2))
     x0, x1 = pairs[..., 0], pairs[..., 1]
-    cos = table[..., 0].unsqueeze(1)  # [seq, 1, head_dim // 2]: broadcast over batch and heads
-    sin = table[..., 1].unsqueeze(1)
     out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
     return out.flatten(-2).type_as(x)
+
+
+def _rotate_complex(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    xc = torch.view_as_complex(x.float().contiguous().unflatten(-1, (-1, 2)))
+    out = torch.view_as_real(xc * torch.complex(cos.float(), sin.float())).flatten(-2)
+    return out.type_as(x)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [..., seq, heads, head_dim] rotated pairwise by (cos, sin) [seq, 1, head_dim // 2].
+
+    Compiled: real arithmetic, which inductor fuses into one kernel (it does not fuse complex
+    ops). Eager: one complex multiply instead of six strided (unvectorized) real kernels.
+    """
+    if torch.compiler.is_compiling() or x.dtype == torch.float64:
+        return _rotate_real(x, cos, sin)
+    return _rotate_complex(x, cos, sin)
+
+
+class _Rope(torch.autograd.Function):
+    """Rotation forward, rotation by the opposite angle backward (a rotation's transpose).
+
+    Why not plain autograd: its backward replays the forward's graph (the casts and, compiled,
+    the strided real products); the inverse rotation is the same single operation as the
+    forward and needs nothing saved but the (shared) table.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(cos, sin)
+        return _rotate(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        cos, sin = ctx.saved_tensors
+        return _rotate(grad, cos, -sin), None, None
+
+
+def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Rotate x [batch, seq, heads, head_dim] by table [seq, head_dim // 2, 2]; math in float32."""
+    cos = table[..., 0].unsqueeze(1)  # [seq, 1, head_dim // 2]: broadcast over batch and heads
+    sin = table[..., 1].unsqueeze(1)
+    if table.requires_grad:  # a learned table (not Llama's): let autograd see everything
+        return _rotate(x, cos, sin)
+    return _Rope.apply(x, cos, sin)

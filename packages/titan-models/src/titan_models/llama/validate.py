@@ -6,6 +6,7 @@ from titan_models.errors import ModelConfigError, unknown_name
 from titan_models.llama.args import LlamaArgs
 
 BACKENDS = ("sdpa", "flex")
+SDPA_KERNELS = ("cudnn", "flash", "efficient", "math")
 MASKS = ("causal", "block_causal")
 
 
@@ -16,6 +17,9 @@ def validate(args: LlamaArgs, *, tp: int = 1, cp: int = 1, pp: int = 1,
         raise unknown_name("attn_backend", args.attn_backend, BACKENDS)
     if args.attn_mask not in MASKS:
         raise unknown_name("attn_mask", args.attn_mask, MASKS)
+    for kernel in args.sdpa_kernels:
+        if kernel not in SDPA_KERNELS:
+            raise unknown_name("SDPA kernel", kernel, SDPA_KERNELS)
     problems = []
     for key in ("dim", "n_layers", "n_heads", "kv_heads", "vocab_size", "multiple_of", "max_seq_len"):
         if getattr(args, key) < 1:

@@ -10,6 +10,7 @@ from titan_train.config.job_config import JobConfig
 from titan_train.errors import ConfigError
 
 CONVERTERS = ("quantize.linear.float8", "float8")
+SDPA_KERNELS = ("cudnn", "flash", "efficient", "math")
 
 
 def _check_choices(obj: Any, prefix: str) -> None:
@@ -63,6 +64,9 @@ def check_config(c: JobConfig) -> None:
     if c.activation_checkpoint.mode == "selective" and opt != "op" and not (opt.isdigit() and int(opt) > 0):
         raise ConfigError(f"activation_checkpoint.selective_ac_option = {opt!r}: use 'op' or a positive "
                           "integer k (checkpoint every k-th block)")
+    bad_kernels = [k for k in c.model.sdpa_kernels if k not in SDPA_KERNELS]
+    if bad_kernels:
+        raise ConfigError(f"model.sdpa_kernels: unknown kernel(s) {bad_kernels}; known: {', '.join(SDPA_KERNELS)}")
     for conv in c.model.converters:
         if conv not in CONVERTERS:
             raise ConfigError(f"model.converters: unknown converter {conv!r}; known: {CONVERTERS[0]}")

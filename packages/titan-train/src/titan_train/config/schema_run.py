@@ -30,6 +30,8 @@ class Model:
     vocab_size: int = opt(-1, "-1: the tokenizer's size; else this (must cover the tokenizer's ids)")
     tie_embeddings: bool | None = opt(None, "share input and output embeddings; unset = the flavor's choice")
     attn_backend: str = opt("sdpa", "attention kernel", choices=("sdpa", "flex"))
+    sdpa_kernels: list[str] = opt(
+        [], "attn_backend='sdpa': kernels in priority order, from cudnn, flash, efficient, math; [] = torch's order")
     attn_mask: str = opt("causal", "causal, or block_causal: no attention across documents (EOS-separated)",
                          choices=("causal", "block_causal"))
     print_after_conversion: bool = opt(False, "print the model after float8 conversion")
@@ -76,6 +78,8 @@ class Training:
     seed: int | None = opt(None, "random seed (unset: drawn on rank 0 and broadcast)")
     deterministic: bool = opt(False, "use deterministic algorithms (slower; needs a seed)")
     num_workers: int = opt(0, "data loader worker processes per rank")
+    cuda_alloc_conf: str = opt("expandable_segments:True",
+                               "PYTORCH_CUDA_ALLOC_CONF to use when the environment sets none ('' = torch's default)")
 
 
 @dataclass

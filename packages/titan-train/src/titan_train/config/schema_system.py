@@ -90,7 +90,7 @@ class Metrics:
     enable_tensorboard: bool = opt(True, "write TensorBoard events")
     save_tb_folder: str = opt("tb", "TensorBoard folder under job.dump_folder")
     enable_wandb: bool = opt(False, "log to Weights & Biases (needs wandb installed)")
-    disable_color_printing: bool = opt(False, "plain console output")
+    disable_color_printing: bool = opt(False, "plain console output (colors are used only on a terminal)")
     save_for_all_ranks: bool = opt(False, "every rank writes its own metrics (default: rank 0)")
 
 

@@ -3,18 +3,20 @@
 Each term is a tensor autograd (or an activation-checkpoint policy) keeps between forward and
 backward, read off Titan's TransformerBlock (titan_models.llama.model / attention):
 
-    x -> attention_norm -> wq, wk, wv -> RoPE(q, k) -> repeat k, v to all heads -> SDPA -> wo -> + x
+    x -> attention_norm -> wq, wk, wv -> RoPE(q, k) -> SDPA (grouped-query) -> wo -> + x
       -> ffn_norm -> w1, w3 -> silu(w1) * w3 -> w2 -> + h
 
 With p = bytes of the activation dtype (2 for bf16), d = dim, q = n_heads * head_dim, kv =
 n_kv_heads * head_dim, H = FFN hidden size, n = n_heads, t = TP degree (sequence parallel shards
 the residual stream by t as well), per layer and per token on one rank:
 
-    no AC, eager   p*(2d/t + 2d + 4q/t + 4H/t) + 4n/t + 8/t
+    no AC, eager   p*(2d/t + 2d + 2q/t + 2kv/t + 4H/t) + 4n/t + 8/t
                    = inputs of both norms (+ fp32 rstd), both norm outputs (matmul inputs, all-gathered
-                     to the full sequence under TP), q after RoPE, k and v repeated to n heads, the
-                     attention output (+ fp32 logsumexp), w1/w3 outputs, silu output, their product
-    no AC, compile p*(2d/t + 2d + 4q/t + 3H/t) + 4n/t + 8/t
+                     to the full sequence under TP), q and k after RoPE, v (k and v at n_kv_heads; with
+                     repeat_kv, as under context parallel, repeated to n heads: 2q/t instead of 2kv/t),
+                     the attention output (+ fp32 logsumexp), w1/w3 outputs, silu output, their product.
+                     RoPE keeps nothing (its backward is the inverse rotation of the table).
+    no AC, compile p*(2d/t + 2d + 2q/t + 2kv/t + 3H/t) + 4n/t + 8/t
                    inductor recomputes silu from the saved w1 output (float8 + compile: the three
                    H-wide tensors are kept in float8, 3H/t bytes)
     full AC        p*d/t   (the block input; one layer is recomputed at a time in backward)
@@ -53,6 +55,7 @@ class ActShape:
     act_bytes: int = 2  # bf16 activations under mixed precision, 4 without
     fused_norm: bool = True  # CUDA RMSNorm kernel saves input + rstd; CPU saves fp32 copies
     float8: bool = False     # block linears run in float8 (torchao, tensorwise)
+    repeat_kv: bool = False  # k, v repeated to all heads before attention (context parallel)
 
     @classmethod
     def from_args(cls, args, *, vocab: int | None = None, tp: int = 1, loss_parallel: bool = True,
@@ -61,7 +64,8 @@ class ActShape:
         kv_heads = args.n_kv_heads or args.n_heads
         return cls(dim=args.dim, q_dim=args.n_heads * head_dim, kv_dim=kv_heads * head_dim,
                    hidden=args.hidden_dim, n_heads=args.n_heads, vocab=vocab or args.vocab_size, tp=tp,
-                   loss_parallel=loss_parallel, act_bytes=act_bytes, fused_norm=fused_norm, float8=float8)
+                   loss_parallel=loss_parallel, act_bytes=act_bytes, fused_norm=fused_norm, float8=float8,
+                   repeat_kv=bool(getattr(args, "repeat_kv", False)))
 
 
 def _norm_terms(s: ActShape, name: str) -> dict[str, float]:
@@ -80,7 +84,7 @@ def eager_terms(s: ActShape, *, compiled: bool = False) -> dict[str, float]:
     terms.update({
         "attention_norm output (wq/wk/wv input)": p * d,
         "q after RoPE": p * q / t,
-        "k, v repeated to all heads": 2 * p * q / t,
+        **({"k, v repeated to all heads": 2 * p * q / t} if s.repeat_kv else {"k after RoPE, v": 2 * p * s.kv_dim / t}),
         "attention output + logsumexp": p * q / t + 4 * s.n_heads / t,
     })
     terms.update(_norm_terms(s, "ffn_norm"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 
 import titan_parallel as tp_lib
 import torch
@@ -20,6 +21,7 @@ from titan_train.trainer.optim import (
     build_lr_scheduler,
     build_optimizer,
 )
+from titan_train.trainer.prefetch import Prefetcher
 from titan_train.trainer.profiling import make_profiler
 from titan_train.trainer.run import Run, make_validator
 from titan_train.trainer.setup import (
@@ -63,7 +65,22 @@ def _optimizers(cfg: JobConfig, parts):
     return optimizers, [build_lr_scheduler(opt, sched) for opt in optimizers]
 
 
+def _configure_cuda_allocator(conf: str) -> None:
+    """Apply training.cuda_alloc_conf unless the environment sets the allocator up itself.
+
+    Through torch's allocator API, not the environment: torch reads PYTORCH_CUDA_ALLOC_CONF when
+    it is imported, so setting the variable here would be too late. Expandable segments let freed
+    blocks merge, so reserved memory stays close to what is allocated.
+    """
+    if not conf or not torch.cuda.is_available():
+        return
+    if os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF"):
+        return
+    torch.cuda.memory._set_allocator_settings(conf)
+
+
 def build_run(cfg: JobConfig) -> Run:
+    _configure_cuda_allocator(cfg.training.cuda_alloc_conf)
     check_dump_folder(cfg.job.dump_folder)
     spec, tokenizer = build_tokenizer_and_spec(cfg)           # unknown model/flavor, tokenizer file
     plan = plan_layout(cfg)                                   # degrees vs world size, batch sizes
@@ -83,7 +100,7 @@ def build_run(cfg: JobConfig) -> Run:
     if cfg.validation.enable and layout.dp_size > 1 and cfg.validation.steps < 1:
         raise ConfigError("validation.steps must be >= 1 with data parallelism (every rank must run the "
                           "same number of batches)")
-    loader = build_loader(cfg, tokenizer, layout)              # dataset name/path
+    loader = Prefetcher(build_loader(cfg, tokenizer, layout), device)  # dataset name/path
     seed_everything(cfg, layout)
 
     with torch.device("meta"):
@@ -120,7 +137,7 @@ def build_run(cfg: JobConfig) -> Run:
     m = cfg.metrics
     writer = layout.info.rank == 0 or m.save_for_all_ranks
     metrics = MetricsLogger(MetricsSettings(cfg.job.dump_folder, m.enable_tensorboard, m.save_tb_folder,
-                                            m.enable_wandb, not m.disable_color_printing, writer,
+                                            m.enable_wandb, not m.disable_color_printing and sys.stdout.isatty(), writer,
                                             layout.info.rank, m.save_for_all_ranks))
     validator = None
     if cfg.validation.enable:

@@ -6,6 +6,7 @@ import gc
 import math
 import signal
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -55,8 +56,31 @@ def _finite_or_raise(run: Run, loss: float, grad_norm: float, step: int) -> None
                            "Try a lower optimizer.lr, more lr_scheduler.warmup_steps or training.max_norm.")
 
 
+@dataclass
+class _Pending:
+    """A finished step whose numbers are still on the GPU: read one step later (see train())."""
+
+    step: int
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    lr: float
+    record: dict | None      # host-side metrics for a logged step (timing, memory), else None
+    step_time_s: float = float("nan")
+
+    def read(self, run: Run) -> tuple[float, float]:
+        loss, grad_norm = float(self.loss), float(self.grad_norm)  # the GPU sync
+        _finite_or_raise(run, loss, grad_norm, self.step)
+        return loss, grad_norm
+
+
 def train(run: Run) -> int:
-    """Train from run.state.step to the configured end; returns the last completed step."""
+    """Train from run.state.step to the configured end; returns the last completed step.
+
+    Why the numbers of a logged step are read one step late: reading the loss waits for the GPU
+    to finish; done right away, the GPU then idles while the CPU logs and queues the next step.
+    Read after the next step is queued, the wait is over at once. Steps that save a checkpoint,
+    validate, stop, or end the run read their numbers at once, so nothing unchecked is saved.
+    """
     cfg, state, log = run.cfg, run.state, run.metrics
     stop = _StopFlag()
     stop.install()
@@ -66,7 +90,14 @@ def train(run: Run) -> int:
                                                                               cfg.training.stop_at_step)
     data = iter(run.loader)
     window_start, window_steps, window_tokens, window_data_s = time.perf_counter(), 0, 0, 0.0
-    step_time = float("nan")
+    pending: _Pending | None = None
+
+    def emit(p: _Pending) -> None:
+        loss, grad_norm = p.read(run)
+        if p.record is not None:
+            p.record.update(loss=loss, grad_norm=grad_norm)
+            log.log(p.record, steps_total=last_step, step_time_s=p.step_time_s)
+
     reset_peak_memory(run.device)
     try:
         with run.profiler() as prof:
@@ -80,27 +111,35 @@ def train(run: Run) -> int:
                 window_data_s += result.data_time_s
                 state.tokens_seen += run.tokens_per_step
                 prof.step()
+                if pending is not None:  # the previous step, now that this one is queued
+                    emit(pending)
+                    pending = None
                 is_log = state.step == 1 or state.step % cfg.metrics.log_freq == 0 or state.step == last_step
                 will_save = run.ckpt is not None and run.ckpt.should_save(state.step)
-                if is_log or will_save:
-                    loss = run.global_loss(result.loss)
-                    grad_norm = float(result.grad_norm)
-                    _finite_or_raise(run, loss, grad_norm, state.step)
+                validate = run.validate_now(state.step)
+                stopping = stop.agreed()
+                record = None
                 if is_log:
                     elapsed = time.perf_counter() - window_start
-                    step_time = elapsed / window_steps
-                    record = run.metric_record(state.step, loss, grad_norm, result.lr, window_tokens, elapsed,
-                                               window_data_s)
+                    record = run.metric_record(state.step, float("nan"), float("nan"), result.lr,
+                                               window_tokens, elapsed, window_data_s)
                     record.update(memory_stats(run.device))
-                    if run.validate_now(state.step):
-                        record["validation_loss"] = run.validate()
-                    log.log(record, steps_total=last_step, step_time_s=step_time)
                     state.elapsed_s += elapsed
+                    step_time = elapsed / window_steps
                     window_start, window_steps, window_tokens, window_data_s = time.perf_counter(), 0, 0, 0.0
                     reset_peak_memory(run.device)
-                elif run.validate_now(state.step):
-                    log.log_text(f"step {state.step}: validation loss {run.validate():.4f}")
-                if stop.agreed():
+                pending = _Pending(state.step, run.global_loss(result.loss), result.grad_norm, result.lr,
+                                   record, step_time if is_log else float("nan"))
+                if validate:
+                    val = run.validate()
+                    if record is not None:
+                        record["validation_loss"] = val
+                    else:
+                        log.log_text(f"step {state.step}: validation loss {val:.4f}")
+                if will_save or validate or stopping or state.step == last_step or state.step == 1:
+                    emit(pending)  # checked before anything is saved; step 1 shows up at once
+                    pending = None
+                if stopping:
                     log.log_text(f"SIGTERM received: saving step {state.step} and exiting")
                     if run.ckpt is not None:
                         run.save(state.step, force=True)

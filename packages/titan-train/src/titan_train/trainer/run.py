@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from titan_mesh import dist_mean, dist_sum
+from titan_mesh import dist_mean, dist_reduce_tensor
 from torch import nn
 
 from titan_train.config import JobConfig
@@ -64,12 +64,13 @@ class Run:
         t = self.cfg.training
         return t.local_batch_size * t.seq_len * self.step_runner.accum_steps
 
-    def global_loss(self, local: torch.Tensor) -> float:
+    def global_loss(self, local: torch.Tensor) -> torch.Tensor:
         """The step's mean loss over all tokens: summed over pipeline stages (only the last one
-        holds it), then averaged over data-parallel and context-parallel ranks."""
+        holds it), then averaged over data-parallel and context-parallel ranks. A 0-dim tensor
+        whose collectives are queued, not waited for: read it when the value is needed."""
         pp_mesh = self.pp_mesh
-        value = dist_sum(local, pp_mesh) if pp_mesh is not None else local
-        return dist_mean(value, self.loss_mesh)
+        value = dist_reduce_tensor(local, "sum", pp_mesh) if pp_mesh is not None else local
+        return dist_reduce_tensor(value, "mean", self.loss_mesh)
 
     def validate_now(self, step: int) -> bool:
         return self.validator is not None and step % self.cfg.validation.freq == 0

@@ -99,7 +99,9 @@ def tokenizer_path(cfg: JobConfig) -> str | None:
 
 def build_model_args(cfg: JobConfig, spec, vocab_size: int, dims: ParallelDims, eos_id: int | None = None):
     overrides: dict = {"max_seq_len": cfg.training.seq_len, "attn_backend": cfg.model.attn_backend,
-                       "attn_mask": cfg.model.attn_mask}
+                       "attn_mask": cfg.model.attn_mask, "sdpa_kernels": tuple(cfg.model.sdpa_kernels),
+                       # context parallel keeps the path it was checked on: k/v repeated to all heads
+                       "repeat_kv": dims.cp > 1}
     want_vocab = cfg.model.vocab_size if cfg.model.vocab_size > 0 else vocab_size
     if want_vocab < vocab_size:
         raise ConfigError(f"model.vocab_size = {want_vocab} is smaller than the tokenizer's {vocab_size} ids")

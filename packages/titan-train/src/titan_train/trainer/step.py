@@ -79,4 +79,8 @@ class StepRunner:
             sched.step()
         if self.after_optimizer_step is not None:
             self.after_optimizer_step()
+        if hasattr(data, "prefetch"):  # the next step's batches, while the GPU finishes this one
+            data.prefetch(self.accum_steps)
+        if hasattr(data, "take_wait"):
+            data_time = data.take_wait()
         return StepResult(total, grad_norm, data_time, tokens, lr)
