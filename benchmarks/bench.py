@@ -1,9 +1,13 @@
-"""Run titan-train configurations on this machine's GPU and print / save a steady-state table.
+"""Run titan-train configurations on this machine's GPUs and print / save a steady-state table.
 
-    python benchmarks/bench.py --rows eager,compile --steps 30 --out benchmarks/results/h100.md
+    python benchmarks/bench.py --rows eager_b5,compile_b6 --steps 30 --out benchmarks/results/h100.md
+    python benchmarks/bench.py --rows 8b_fsdp4_sac_b4,8b_fsdp2_tp2_sac_b4 --out benchmarks/results/4xh200.md
 
-Each row is one titan-train run (a subprocess, so memory and compile caches start fresh); the
-numbers are averages over steps warmup+1..steps from its metrics.jsonl (peak memory: the max).
+Each row is one titan-train run (a subprocess, so memory and compile caches start fresh; rows on
+several GPUs go through `torchrun --standalone`); the numbers are averages over steps
+warmup+1..steps from rank 0's metrics.jsonl (peak memory: the max). Every row runs with
+`--training.seed 0`, so rows of different layouts see the same data and initial weights and
+their loss columns can be compared. A row needing more GPUs than the machine has is skipped.
 """
 
 from __future__ import annotations
@@ -23,9 +27,17 @@ sys.path.insert(0, str(HERE))
 from rows import ROWS  # noqa: E402
 
 
+def launcher(nproc: int) -> list[str]:
+    if nproc == 1:
+        return [sys.executable, "-m", "titan_train"]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "titan_train"]
+
+
 def run_row(name: str, extra: list[str], steps: int, dump: Path, log_dir: Path) -> tuple[list[dict], str, int]:
     out = dump / name
-    cmd = [sys.executable, "-m", "titan_train", *ROWS[name], "--training.steps", str(steps),
+    row = ROWS[name]
+    cmd = [*launcher(row.nproc), *row.args, "--training.steps", str(steps), "--training.seed", "0",
            "--metrics.log_freq", "1", "--metrics.enable_tensorboard", "false", "--job.dump_folder", str(out),
            *extra]
     if out.exists():
@@ -56,15 +68,17 @@ def fmt(v, spec: str) -> str:
 
 
 def table(results: dict[str, dict]) -> str:
-    lines = ["| row | tokens/s | TFLOP/s | MFU | step s | peak reserved GiB | peak active GiB | loss |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| row | GPUs | tokens/s/GPU | TFLOP/s | MFU | step s | peak reserved GiB | peak active GiB | loss "
+             "| torchtitan |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, s in results.items():
-        if not s:
-            lines.append(f"| {name} | failed | | | | | | |")
+        row = ROWS[name]
+        if not s or "status" in s:
+            lines.append(f"| {name} | {row.nproc} | {s.get('status', 'failed')} | | | | | | | {row.reference} |")
             continue
-        lines.append(f"| {name} | {fmt(s['tokens_per_second'], ',.0f')} | {fmt(s['tflops'], '.1f')} | "
+        lines.append(f"| {name} | {row.nproc} | {fmt(s['tokens_per_second'], ',.0f')} | {fmt(s['tflops'], '.1f')} | "
                      f"{fmt(s['mfu'], '.1f')}% | {fmt(s['step_time_s'], '.3f')} | {s['peak_reserved_gib']:.1f} | "
-                     f"{s['peak_active_gib']:.1f} | {s['final_loss']:.3f} |")
+                     f"{s['peak_active_gib']:.1f} | {s['final_loss']:.3f} | {row.reference} |")
     return "\n".join(lines)
 
 
@@ -76,6 +90,7 @@ def main() -> int:
     ap.add_argument("--dump", default="outputs/bench")
     ap.add_argument("--out", default=None, help="markdown file for the table (+ .json beside it)")
     ap.add_argument("--logs", default=None, help="folder for each row's full log (default: next to --out)")
+    ap.add_argument("--cpu-procs", type=int, default=2, help="without GPUs: processes a row may use (smoke tests)")
     ap.add_argument("extra", nargs=argparse.REMAINDER, help="-- then overrides passed to every row")
     args = ap.parse_args()
     rows = [r for r in args.rows.split(",") if r]
@@ -86,9 +101,14 @@ def main() -> int:
     import torch
 
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else args.cpu_procs
     log_dir = Path(args.logs) if args.logs else (Path(args.out).with_suffix("") if args.out else Path(args.dump))
     results, commands = {}, {}
     for name in rows:
+        if ROWS[name].nproc > gpus:
+            results[name], commands[name] = {"status": f"skipped: needs {ROWS[name].nproc} GPUs"}, ""
+            print(f"{name}: skipped (needs {ROWS[name].nproc} GPUs, this machine has {gpus})", flush=True)
+            continue
         t0 = time.time()
         records, cmd, rc = run_row(name, extra, args.steps, Path(args.dump), log_dir)
         results[name] = summarize(records, args.warmup)
@@ -103,7 +123,7 @@ def main() -> int:
         Path(args.out).write_text(text + "\n")
         Path(args.out).with_suffix(".json").write_text(json.dumps(
             {"gpu": gpu, "torch": torch.__version__, "results": results, "commands": commands}, indent=1))
-    return 0 if all(results.values()) else 1
+    return 0 if all(r and "status" not in r for r in results.values()) else 1
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ print GPU time per kernel family (attention, matmul, elementwise, ...) and the t
 
     python benchmarks/profile_step.py eager_b5 [-- extra titan-train overrides]
 
+One process (rows on several GPUs are not profiled here: use profiling.enable_profiling).
+
 Builds the run exactly as titan-train does (titan_train.trainer.build_run), trains `--warmup`
 steps, then profiles `--steps` steps with torch.profiler (CUDA activity only).
 """
@@ -52,7 +54,7 @@ def main() -> None:
     from titan_train.config import build_config, check_config
     from titan_train.trainer.build_run import build_run
 
-    argv = [*ROWS[a.row], "--metrics.enable_tensorboard", "false", "--job.dump_folder", "/tmp/profile_dump",
+    argv = [*ROWS[a.row].args, "--metrics.enable_tensorboard", "false", "--job.dump_folder", "/tmp/profile_dump",
             "--training.steps", str(a.warmup + a.steps + 1), *[x for x in a.extra if x != "--"]]
     cfg = build_config(argv)
     check_config(cfg)

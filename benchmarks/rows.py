@@ -1,21 +1,87 @@
-"""Named benchmark rows: titan-train arguments for each row of the GPU reference table."""
+"""Named benchmark rows: titan-train arguments and GPU count for each reference row.
 
-REF = ["--config", "bench_1b"]
+References are torchtitan v0.2.2's figures from ../shared/GPU.md (tokens/s per GPU, peak reserved)
+and, for 8 GPUs, torchtitan's published 8x H100 table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Row:
+    args: list[str]
+    nproc: int = 1                        # GPUs (torchrun --nproc_per_node when > 1)
+    reference: str = ""                   # what torchtitan measured for this row
+
+
+ONE_B = ["--config", "bench_1b"]
+EIGHT_B = ["--config", "bench_8b"]
 F8 = ["--model.converters", "quantize.linear.float8", "--quantize.linear.float8.filter_fqns", "output"]
+F8_FSDP = [*F8, "--quantize.linear.float8.enable_fsdp_float8_all_gather",
+           "--quantize.linear.float8.precompute_float8_dynamic_scale_for_fsdp"]
+NO_COMPILE = ["--compile.enable", "false"]
 
-ROWS: dict[str, list[str]] = {
-    # torchtitan v0.2.2 on 1x H100: 56,584 tok/s at 73.2 GiB
-    "eager_b5": [*REF, "--training.local_batch_size", "5"],
-    # 60,577 tok/s at 71.8 GiB
-    "compile_b6": [*REF, "--training.local_batch_size", "6", "--compile.enable"],
-    # 71,844 tok/s at 69.4 GiB
-    "compile_float8_b8": [*REF, "--training.local_batch_size", "8", "--compile.enable", *F8],
-    # 55,968 tok/s at 41.3 GiB
-    "compile_sac_b6": [*REF, "--training.local_batch_size", "6", "--compile.enable",
-                       "--activation_checkpoint.mode", "selective", "--activation_checkpoint.selective_ac_option", "op"],
-    # 47,624 tok/s at 50.9 GiB
-    "vocab128k_compile_b2": [*REF, "--training.local_batch_size", "2", "--compile.enable",
-                             "--model.vocab_size", "128256"],
-    # the debug model: quick smoke row
-    "debug": ["--config", "llama3_debug", "--training.local_batch_size", "8"],
+
+def _b(n: int) -> list[str]:
+    return ["--training.local_batch_size", str(n)]
+
+
+def _deg(flag: str, n: int) -> list[str]:
+    return [f"--parallelism.{flag}", str(n)]
+
+
+ROWS: dict[str, Row] = {
+    # ---- 1x H100 (the 1B reference) ----
+    "eager_b5": Row([*ONE_B, *_b(5)], reference="56,584 tok/s, 73.2 GiB (H100)"),
+    "compile_b6": Row([*ONE_B, *_b(6), "--compile.enable"], reference="60,577 tok/s, 71.8 GiB (H100)"),
+    "compile_float8_b8": Row([*ONE_B, *_b(8), "--compile.enable", *F8], reference="71,844 tok/s, 69.4 GiB (H100)"),
+    "compile_sac_b6": Row([*ONE_B, *_b(6), "--compile.enable", "--activation_checkpoint.mode", "selective",
+                           "--activation_checkpoint.selective_ac_option", "op"],
+                          reference="55,968 tok/s, 41.3 GiB (H100)"),
+    "vocab128k_compile_b2": Row([*ONE_B, *_b(2), "--compile.enable", "--model.vocab_size", "128256"],
+                                reference="47,624 tok/s, 50.9 GiB (H100)"),
+    "debug": Row(["--config", "llama3_debug", *_b(8)], reference="smoke row"),
+    "debug_fsdp2": Row(["--config", "llama3_debug", *_b(4)], 2, reference="smoke row: `debug` on 2 ranks"),
+    # ---- 4x H200 (8B reference; compile + selective op AC unless said) ----
+    "8b_fsdp4_sac_b4": Row([*EIGHT_B, *_b(4)], 4, "9,628 tok/s/GPU, 103.5 GiB"),
+    "8b_fsdp4_sac_b2": Row([*EIGHT_B, *_b(2)], 4, "9,412 tok/s/GPU, 68.3 GiB"),
+    "8b_fsdp4_sac_float8_b4": Row([*EIGHT_B, *_b(4), *F8_FSDP], 4, "13,222 tok/s/GPU, 103.6 GiB"),
+    "8b_fsdp2_tp2_sac_b4": Row([*EIGHT_B, *_b(4), *_deg("tensor_parallel_degree", 2)], 4,
+                               "8,577 tok/s/GPU, 83.3 GiB"),
+    "8b_fsdp2_tp2_asynctp_sac_b4": Row([*EIGHT_B, *_b(4), *_deg("tensor_parallel_degree", 2),
+                                        "--parallelism.enable_async_tensor_parallel"], 4,
+                                       "8,550 tok/s/GPU, 83.3 GiB (fused nothing)"),
+    "8b_fsdp2_cp2_full_seq32k_b1": Row([*EIGHT_B, *_b(1), *_deg("context_parallel_degree", 2),
+                                        "--training.seq_len", "32768", "--activation_checkpoint.mode", "full"], 4,
+                                       "5,648 tok/s/GPU, 45.3 GiB"),
+    "1b_fsdp4_b6": Row([*ONE_B, *_b(6), "--compile.enable"], 4, "60,985 tok/s/GPU, 60.8 GiB"),
+    # ---- 2x H200 (scaling against one GPU) ----
+    "8b_fsdp2_sac_b2": Row([*EIGHT_B, *_b(2)], 2),
+    "8b_fsdp2_sac_eager_b2": Row([*EIGHT_B, *_b(2), *NO_COMPILE], 2),
+    "8b_fsdp2_sac_float8_b2": Row([*EIGHT_B, *_b(2), *F8_FSDP], 2),
+    "8b_tp2_sac_b2": Row([*EIGHT_B, *_b(2), *_deg("tensor_parallel_degree", 2)], 2),
+    "8b_tp2_asynctp_sac_b2": Row([*EIGHT_B, *_b(2), *_deg("tensor_parallel_degree", 2),
+                                  "--parallelism.enable_async_tensor_parallel"], 2),
+    "8b_cp2_full_seq32k_b1": Row([*EIGHT_B, *_b(1), *_deg("context_parallel_degree", 2), "--training.seq_len",
+                                  "32768", "--activation_checkpoint.mode", "full"], 2),
+    "8b_pp2_1f1b_b4": Row([*EIGHT_B, *_b(4), *_deg("pipeline_parallel_degree", 2),
+                           "--parallelism.pipeline_parallel_schedule", "1F1B"], 2),
+    "8b_pp2_interleaved_b4": Row([*EIGHT_B, *_b(4), *_deg("pipeline_parallel_degree", 2),
+                                  "--parallelism.pipeline_parallel_schedule", "Interleaved1F1B"], 2),
+    "8b_1gpu_sac_b2": Row([*EIGHT_B, *_b(2)], 1),
+    # ---- 8 GPUs (torchtitan's published 8x H100 table: local batch 2, selective AC) ----
+    "8b_fsdp8_sac_eager_b2": Row([*EIGHT_B, *_b(2), *NO_COMPILE], 8, "5,762 tok/s/GPU (8x H100)"),
+    "8b_fsdp8_sac_b2": Row([*EIGHT_B, *_b(2)], 8, "6,667 tok/s/GPU (8x H100)"),
+    "8b_fsdp8_sac_float8_b2": Row([*EIGHT_B, *_b(2), *F8_FSDP], 8, "8,532 tok/s/GPU (8x H100)"),
+    "8b_fsdp2_tp2_pp2_interleaved_b4": Row([*EIGHT_B, *_b(4), *_deg("tensor_parallel_degree", 2),
+                                            *_deg("pipeline_parallel_degree", 2),
+                                            "--parallelism.pipeline_parallel_schedule", "Interleaved1F1B"], 8),
+    "70b_16layers_fsdp2_tp2_pp2_interleaved_b4": Row(
+        ["--config", "bench_8b", "--model.flavor", "70B", "--model.n_layers", "16", *_b(4),
+         *_deg("tensor_parallel_degree", 2), *_deg("pipeline_parallel_degree", 2),
+         "--parallelism.pipeline_parallel_schedule", "Interleaved1F1B"], 8),
+    "8b_fsdp4_cp2_full_seq64k_b1": Row([*EIGHT_B, *_b(1), *_deg("context_parallel_degree", 2),
+                                        "--training.seq_len", "65536", "--activation_checkpoint.mode", "full"], 8),
 }

@@ -49,6 +49,8 @@ def check_config(c: JobConfig) -> None:
         _at_least(key, value, 1)
     if p.data_parallel_shard_degree != -1:
         _at_least("parallelism.data_parallel_shard_degree (or -1)", p.data_parallel_shard_degree, 1)
+    if c.model.n_layers != -1:
+        _at_least("model.n_layers (or -1)", c.model.n_layers, 1)
     if t.global_batch_size != -1:
         _at_least("training.global_batch_size (or -1)", t.global_batch_size, 1)
     _at_least("optimizer.lr", c.optimizer.lr, 0.0)

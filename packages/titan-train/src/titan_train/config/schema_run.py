@@ -28,6 +28,8 @@ class Model:
         None, "tokenizer file or folder; overrides hf_assets_path; unset = the bundled 2048-id tokenizer")
     converters: list[str] = opt([], "model conversions, e.g. [\"quantize.linear.float8\"] (needs titan-train[float8])")
     vocab_size: int = opt(-1, "-1: the tokenizer's size; else this (must cover the tokenizer's ids)")
+    n_layers: int = opt(-1, "-1: the flavor's number of blocks; else this many (a truncated model, e.g. to "
+                            "benchmark a 70B layout on few GPUs)")
     tie_embeddings: bool | None = opt(None, "share input and output embeddings; unset = the flavor's choice")
     attn_backend: str = opt("sdpa", "attention kernel", choices=("sdpa", "flex"))
     sdpa_kernels: list[str] = opt(

@@ -106,6 +106,8 @@ def build_model_args(cfg: JobConfig, spec, vocab_size: int, dims: ParallelDims, 
     if want_vocab < vocab_size:
         raise ConfigError(f"model.vocab_size = {want_vocab} is smaller than the tokenizer's {vocab_size} ids")
     overrides["vocab_size"] = want_vocab
+    if cfg.model.n_layers > 0:
+        overrides["n_layers"] = cfg.model.n_layers
     if cfg.model.tie_embeddings is not None:
         overrides["tie_embeddings"] = cfg.model.tie_embeddings
     if cfg.model.attn_mask == "block_causal":
