@@ -70,7 +70,7 @@ ROWS: dict[str, Row] = {
                            "--parallelism.pipeline_parallel_schedule", "1F1B"], 2),
     "8b_pp2_interleaved_b4": Row([*EIGHT_B, *_b(4), *_deg("pipeline_parallel_degree", 2),
                                   "--parallelism.pipeline_parallel_schedule", "Interleaved1F1B"], 2),
-    "8b_1gpu_sac_b2": Row([*EIGHT_B, *_b(2)], 1),
+    "8b_1gpu_sac_b1": Row([*EIGHT_B, *_b(1)], 1, "one GPU, for scaling (estimated 138 GiB: batch 2 does not fit)"),
     # ---- 8 GPUs (torchtitan's published 8x H100 table: local batch 2, selective AC) ----
     "8b_fsdp8_sac_eager_b2": Row([*EIGHT_B, *_b(2), *NO_COMPILE], 8, "5,762 tok/s/GPU (8x H100)"),
     "8b_fsdp8_sac_b2": Row([*EIGHT_B, *_b(2)], 8, "6,667 tok/s/GPU (8x H100)"),
