@@ -10,6 +10,7 @@ from titan_mesh import (
     dist_reduce_tensor,
     dist_sum,
     get_submesh,
+    set_collective_timeout,
     set_determinism,
 )
 from titan_mesh.testing import DistributedPool, RemoteError
@@ -83,3 +84,22 @@ def test_pool_reports_a_rank_failure_and_recovers(pool):
     with pytest.raises(RemoteError, match="(?s)rank 1: .*boom on one rank"):
         pool.run(_fails_on_rank_one)
     assert pool.run(dist.get_world_size) == [4, 4, 4, 4]
+
+
+def _lower_timeouts():
+    pd = ParallelDims(dp_replicate=2, dp_shard=2, world_size=4)
+    pd.build_mesh("cpu")
+    groups = pd.process_groups()
+    set_collective_timeout(42, groups)
+    timeouts = {g._get_backend(torch.device("cpu")).options._timeout.total_seconds() for g in groups}
+    default = dist.group.WORLD._get_backend(torch.device("cpu")).options._timeout.total_seconds()
+    t = torch.ones(1)
+    dist.all_reduce(t, group=pd.get_mesh("dp").get_group())  # still works afterwards
+    set_collective_timeout(600, groups)  # the pool's later tests keep the long timeout
+    return len(groups), timeouts, default, t.item()
+
+
+def test_collective_timeout_reaches_every_mesh_group(pool):
+    for n_groups, timeouts, default, total in pool.run(_lower_timeouts):
+        assert n_groups >= 3  # dp_replicate, dp_shard and the flattened dp views (shared groups once)
+        assert timeouts == {42.0} and default == 42.0 and total == 4.0

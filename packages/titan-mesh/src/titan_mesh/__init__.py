@@ -9,6 +9,7 @@ from titan_mesh.distributed import (
     destroy_distributed,
     init_distributed,
     read_launch_env,
+    set_collective_timeout,
 )
 from titan_mesh.parallel_dims import (
     FLATTENED_VIEWS,
@@ -39,5 +40,6 @@ __all__ = [
     "get_submesh",
     "init_distributed",
     "read_launch_env",
+    "set_collective_timeout",
     "set_determinism",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -125,6 +125,30 @@ def init_distributed(
     else:
         backend = None
     return DistInfo(launch.rank, launch.local_rank, launch.world_size, device, backend)
+
+
+def set_collective_timeout(timeout_s: float, groups: Iterable[dist.ProcessGroup] = (), *,
+                           barrier: bool = True) -> None:
+    """Set the collective timeout of the default process group and of `groups` (e.g.
+    ParallelDims.process_groups()), after a barrier so that no rank lowers it while another is
+    still in slower work before it. Trainers start with a long timeout for the first step
+    (compilation, checkpoint loading) and lower it afterwards, so a hung rank fails fast.
+    barrier=False for restoring a timeout where other ranks may be gone (error paths).
+    No process group: nothing to do."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if not timeout_s > 0:
+        raise ValueError(f"collective timeout must be > 0 seconds, got {timeout_s!r}")
+    if barrier:
+        dist.barrier()
+    timeout = timedelta(seconds=timeout_s)
+    seen: set[int] = set()
+    for group in (None, *groups):
+        key = id(group)
+        if key in seen:
+            continue
+        seen.add(key)
+        dist.distributed_c10d._set_pg_timeout(timeout, group)
 
 
 def destroy_distributed() -> None:

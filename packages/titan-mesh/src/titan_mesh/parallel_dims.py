@@ -166,6 +166,17 @@ class ParallelDims:
         return self._meshes.get(name)
 
 
+    def process_groups(self) -> list:
+        """Every process group behind the built meshes (dims and flattened views), once each."""
+        groups, seen = [], set()
+        for mesh in self._meshes.values():
+            for dim in range(mesh.ndim):
+                group = mesh.get_group(dim)
+                if id(group) not in seen:
+                    seen.add(id(group))
+                    groups.append(group)
+        return groups
+
     def fsdp_mesh(self) -> DeviceMesh | None:
         """The mesh FSDP shards over: `dp_shard_cp`, or 2-D (`dp_replicate`, `dp_shard_cp`) for HSDP;
         None when there is nothing to shard or replicate over (see also `dp_replicate` alone: DDP)."""

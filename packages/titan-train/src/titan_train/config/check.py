@@ -40,7 +40,9 @@ def check_config(c: JobConfig) -> None:
                        ("validation.local_batch_size", c.validation.local_batch_size),
                        ("validation.seq_len", c.validation.seq_len),
                        ("parallelism.pipeline_parallel_microbatch_size", p.pipeline_parallel_microbatch_size),
-                       ("profiling.profile_freq", c.profiling.profile_freq)):
+                       ("profiling.profile_freq", c.profiling.profile_freq),
+                       ("comm.init_timeout_seconds", c.comm.init_timeout_seconds),
+                       ("comm.train_timeout_seconds", c.comm.train_timeout_seconds)):
         _at_least(key, value, 1)
     for key, value in (("parallelism.data_parallel_replicate_degree", p.data_parallel_replicate_degree),
                        ("parallelism.tensor_parallel_degree", p.tensor_parallel_degree),

@@ -107,8 +107,8 @@ class Profiling:
 
 @dataclass
 class Comm:
-    init_timeout_seconds: int = opt(300, "collective timeout (Titan applies it for the whole run)")
-    train_timeout_seconds: int = opt(100, "accepted for torchtitan configs; not applied yet (see init_timeout_seconds)")
+    init_timeout_seconds: int = opt(300, "collective timeout until the first step is done (set-up, compile, loading)")
+    train_timeout_seconds: int = opt(100, "collective timeout from the second step on (a hung rank fails fast)")
     trace_buf_size: int = opt(20000, "NCCL flight-recorder entries (0 = off)")
     save_traces_folder: str = opt("comm_traces", "flight-recorder dump folder under job.dump_folder")
 

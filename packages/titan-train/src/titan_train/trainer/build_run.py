@@ -8,6 +8,7 @@ import sys
 
 import titan_parallel as tp_lib
 import torch
+from titan_mesh import set_collective_timeout
 
 from titan_train.config import JobConfig
 from titan_train.errors import ConfigError
@@ -148,6 +149,11 @@ def build_run(cfg: JobConfig) -> Run:
               loss_mesh=loss_mesh, pp_mesh=pp_mesh, tokens_per_step=layout.global_batch * cfg.training.seq_len,
               flops_per_token=args.num_flops_per_token(cfg.training.seq_len), peak=device_peak(device),
               validator=validator, profiler=make_profiler(cfg, layout.info.rank, device))
+    if layout.info.world_size > 1:  # the init timeout covers set-up and the first step
+        run.after_first_step = lambda: set_collective_timeout(cfg.comm.train_timeout_seconds,
+                                                              dims.process_groups())
+        run.after_training = lambda: set_collective_timeout(cfg.comm.init_timeout_seconds,
+                                                            dims.process_groups(), barrier=False)
     checkpointing.attach(run, layout, spec, args)
     run.metrics.log_text(_banner(run, layout, args))
     return run

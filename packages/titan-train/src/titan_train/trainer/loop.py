@@ -91,6 +91,8 @@ def train(run: Run) -> int:
     data = iter(run.loader)
     window_start, window_steps, window_tokens, window_data_s = time.perf_counter(), 0, 0, 0.0
     pending: _Pending | None = None
+    first_step = state.step + 1  # of this run (a resumed run's first step too)
+    lowered = False
 
     def emit(p: _Pending) -> None:
         loss, grad_norm = p.read(run)
@@ -139,18 +141,29 @@ def train(run: Run) -> int:
                 if will_save or validate or stopping or state.step == last_step or state.step == 1:
                     emit(pending)  # checked before anything is saved; step 1 shows up at once
                     pending = None
+                if state.step == first_step and run.after_first_step is not None:
+                    run.after_first_step()
+                    lowered = True
                 if stopping:
                     log.log_text(f"SIGTERM received: saving step {state.step} and exiting")
+                    if lowered and run.after_training is not None:
+                        run.after_training()  # a synchronous full save: the long timeout
+                        lowered = False
                     if run.ckpt is not None:
                         run.save(state.step, force=True)
                     break
                 if will_save:
                     run.save(state.step)
             else:
+                if lowered and run.after_training is not None:
+                    run.after_training()  # a final export may gather a whole model: the long timeout
+                    lowered = False
                 run.final_save(state.step)
     finally:
         stop.restore()
         gc.enable()
+        if lowered and run.after_training is not None:
+            run.after_training()
         if run.ckpt is not None:
             run.ckpt.wait()
     return state.step

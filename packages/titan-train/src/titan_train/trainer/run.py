@@ -41,6 +41,8 @@ class Run:
     export: Callable[[int], None] | None = None
     validator: Callable[[], float] | None = None
     profiler: Callable[[], Any] = contextlib.nullcontext
+    after_first_step: Callable[[], None] | None = None   # e.g. lower the collective timeout
+    after_training: Callable[[], None] | None = None     # undo it (a caller's group outlives the run)
 
     def metric_record(self, step: int, loss: float, grad_norm: float, lr: float, window_tokens: int,
                       elapsed: float, data_s: float) -> dict[str, Any]:
