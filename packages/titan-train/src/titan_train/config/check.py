@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import fields, is_dataclass
 from typing import Any
 
@@ -83,3 +84,11 @@ def check_config(c: JobConfig) -> None:
         bad = set(c.compile.components) - {"model", "loss"}
         if bad:
             raise ConfigError(f"compile.components: unknown {sorted(bad)}; known: model, loss")
+        from torch._dynamo import list_backends
+
+        if c.compile.backend not in set(list_backends(exclude_tags=())) | {"inductor"}:
+            common = sorted(set(list_backends()) | {"inductor"})  # without debug-only backends
+            close = difflib.get_close_matches(c.compile.backend, common, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"compile.backend = {c.compile.backend!r} is not a torch.compile backend; "
+                              f"known: {', '.join(common)}.{hint}")

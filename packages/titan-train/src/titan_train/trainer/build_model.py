@@ -76,7 +76,7 @@ def parallelize_part(part: nn.Module, spec, cfg: JobConfig, dims: ParallelDims, 
         else:
             tp_lib.apply_ac(part, mode=ac.mode)
     if comp.enable and "model" in comp.components:
-        tp_lib.apply_compile(part)
+        tp_lib.apply_compile(part, backend=comp.backend)
     on_gpu = device.type == "cuda"
     if uses_fsdp(dims, device, cfg):
         param_dtype = _dtype(cfg.training.mixed_precision_param) if on_gpu else torch.float32

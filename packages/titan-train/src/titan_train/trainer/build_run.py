@@ -107,6 +107,8 @@ def build_run(cfg: JobConfig) -> Run:
     with torch.device("meta"):
         model = spec.build(args)
     apply_converters(model, cfg, spec)
+    if cfg.model.print_after_conversion and layout.info.rank == 0:
+        print(model, flush=True)
     if dims.pp > 1:
         stages, parts = pipeline.split(cfg, dims, model, spec)
     else:
@@ -120,7 +122,7 @@ def build_run(cfg: JobConfig) -> Run:
     optimizers, schedulers = _optimizers(cfg, parts)
     loss_fn = cross_entropy_loss
     if cfg.compile.enable and "loss" in cfg.compile.components:
-        loss_fn = torch.compile(cross_entropy_loss)
+        loss_fn = torch.compile(cross_entropy_loss, backend=cfg.compile.backend)
     pp_mesh = mesh_of(dims, "pp")
     loss_mesh = mesh_of(dims, "dp_cp")
     train_context = _train_context(cfg, layout, parts)
@@ -164,7 +166,8 @@ def _banner(run: Run, layout, args) -> str:
     n = sum(p.numel() for m in run.parts for p in m.parameters())
     deg = ", ".join(f"{k}={v}" for k, v in dims.enabled_dims()) or "single process"
     note = f" ({run.peak.note})" if run.peak.note else ""
-    return (f"Titan: {cfg.model.name} {cfg.model.flavor} on {layout.info.world_size} x {run.device.type}"
+    return (f"{cfg.job.description}\n"
+            f"Titan: {cfg.model.name} {cfg.model.flavor} on {layout.info.world_size} x {run.device.type}"
             f" [{deg}]{note}; {n / 1e6:,.1f}M params; global batch {layout.global_batch} x {cfg.training.seq_len} "
             f"tokens ({layout.accum_steps} micro-batch(es)/step); {cfg.training.steps} steps; dump folder "
             f"{cfg.job.dump_folder}")

@@ -117,7 +117,8 @@ def train(run: Run) -> int:
                     emit(pending)
                     pending = None
                 is_log = state.step == 1 or state.step % cfg.metrics.log_freq == 0 or state.step == last_step
-                will_save = run.ckpt is not None and run.ckpt.should_save(state.step)
+                will_save = run.ckpt is not None and (run.ckpt.should_save(state.step) or (
+                    state.step == 1 and cfg.checkpoint.enable_first_step_checkpoint))
                 validate = run.validate_now(state.step)
                 stopping = stop.agreed()
                 record = None
@@ -152,8 +153,8 @@ def train(run: Run) -> int:
                     if run.ckpt is not None:
                         run.save(state.step, force=True)
                     break
-                if will_save:
-                    run.save(state.step)
+                if will_save:  # (forced: the interval, or enable_first_step_checkpoint at step 1)
+                    run.save(state.step, force=True)
             else:
                 if lowered and run.after_training is not None:
                     run.after_training()  # a final export may gather a whole model: the long timeout
