@@ -166,3 +166,29 @@ def test_loaders_pickle_for_spawned_workers(tok, tmp_path):
     pre = build_dataloader("tiny", tokenizer=tok, seq_len=L, local_batch_size=B)
     batches = pickle.loads(pickle.dumps(_Batches(pre.store, 0, L, B, 0, 1, 0)))
     assert torch.equal(batches[0][0], next(pre)[0])
+
+
+def test_a_path_given_as_the_dataset_name_reads_it(tmp_path):
+    tok = load_tokenizer()
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps({"text": f"document {i} " * 30}) for i in range(20)))
+    by_path = build_dataloader(str(data), tokenizer=tok, seq_len=16, local_batch_size=2)
+    by_name = build_dataloader("local", tokenizer=tok, seq_len=16, local_batch_size=2, dataset_path=str(data))
+    a, b = next(iter(by_path)), next(iter(by_name))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(DataError, match="is a path and dataset_path"):
+        build_dataloader(str(data), tokenizer=tok, seq_len=16, local_batch_size=2, dataset_path=str(data))
+    with pytest.raises(DataError, match="dataset_config 'en' applies to Hugging Face Hub datasets"):
+        build_dataloader(str(data), tokenizer=tok, seq_len=16, local_batch_size=2, dataset_config="en")
+
+
+def test_raise_on_bad_records_is_not_hidden_by_a_cache_made_with_skip(tmp_path):
+    tok = load_tokenizer()
+    data = tmp_path / "train.jsonl"
+    rows = [{"text": f"document {i} " * 30} for i in range(10)] + [{"text": 7}]
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    kw = dict(tokenizer=tok, seq_len=16, local_batch_size=2, dataset_path=str(data), mode="pretokenized",
+              cache_dir=str(tmp_path / "cache"))
+    next(iter(build_dataloader("local", on_bad_record="skip", **kw)))  # tokenized and cached, skipping one
+    with pytest.raises(DataError, match="expected a string"):
+        next(iter(build_dataloader("local", on_bad_record="raise", **kw)))

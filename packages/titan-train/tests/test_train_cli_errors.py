@@ -29,6 +29,14 @@ def _fail(capsys, argv, monkeypatch=None, env=None):
     (["--training.dataset", "c5"], "c5"),
     (["--model.tokenizer_path", "/nonexistent/tokenizer.model"], "/nonexistent/tokenizer.model"),
     (["--job.dump_folder", "/proc/titan_cannot_write"], "job.dump_folder"),
+    # options that need other options
+    (["--training.enable_cpu_offload"], "training.enable_cpu_offload needs FSDP"),
+    (["--training.stop_at_step", "5"], "needs checkpoint.enable"),
+    (["--training.deterministic"], "needs training.seed"),
+    (["--parallelism.enable_async_tensor_parallel"], "tensor_parallel_degree = 1, compile.enable = False"),
+    (["--validation.enable", "--validation.steps", "0"], "validation.steps = 0"),
+    (["--validation.enable", "--validation.seq_len", "512"], "longer than training.seq_len = 256"),
+    (["--compile.enable", "--compile.backend", "inductr"], "Did you mean 'inductor'"),
 ])
 def test_bad_input_is_one_message(capsys, argv, expected, tmp_path):
     extra = [] if "--job.dump_folder" in argv else ["--job.dump_folder", str(tmp_path)]
@@ -86,3 +94,12 @@ def test_divergence_between_log_steps_is_caught_before_the_next_save(capsys, tmp
     assert code == 3 and "training diverged at step 2" in err and "no checkpoint was written" in err
     folder = tmp_path / "checkpoint"
     assert not folder.exists() or not [p for p in folder.iterdir() if p.name.startswith("step-")]
+
+
+def test_wandb_asked_but_not_installed(capsys, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    err = _fail(capsys, ["--metrics.enable_wandb", "--job.dump_folder", str(tmp_path)])
+    assert "wandb is not installed" in err and "titan-train[wandb]" in err

@@ -43,11 +43,15 @@ def test_tp_then_fsdp_and_hsdp():
     assert hsdp.block.stored == pytest.approx(BLOCK_8B / 8, rel=1e-3)  # sharded over 8, replicated twice
 
 
-def test_ddp_keeps_everything_and_computes_in_fp32():
-    layout, s = _sizes(4, "--parallelism.data_parallel_replicate_degree", "4",
-                       "--parallelism.data_parallel_shard_degree", "1")
-    assert layout.ddp and not layout.fsdp and layout.compute_bytes == 4
+def test_ddp_keeps_everything_and_computes_in_bf16_through_autocast():
+    ddp = ("--parallelism.data_parallel_replicate_degree", "4", "--parallelism.data_parallel_shard_degree", "1")
+    layout, s = _sizes(4, *ddp)
+    assert layout.ddp and not layout.fsdp and layout.autocast and layout.compute_bytes == 2
     assert s.block.stored == BLOCK_8B
+    fp32, _ = _sizes(4, *ddp, "--training.mixed_precision_param", "float32")
+    assert not fp32.autocast and fp32.compute_bytes == 4
+    tp_only, _ = _sizes(4, "--parallelism.tensor_parallel_degree", "4")  # no FSDP, no autocast: float32
+    assert not tp_only.fsdp and not tp_only.autocast and tp_only.compute_bytes == 4
 
 
 def test_pipeline_stages_and_in_flight_microbatches():
@@ -99,3 +103,20 @@ def test_layouts_the_trainer_would_refuse_are_config_errors():
                       "--parallelism.pipeline_parallel_microbatch_size", "3"), 8)
     with pytest.raises(ConfigError, match="world_size"):
         estimate(_cfg(), 0)
+
+
+def test_layers_per_stage_gives_stages_of_exactly_that_many_blocks():
+    from titan_train.errors import ConfigError
+    from titan_train.trainer.pipeline import layers_per_stage_split
+
+    order = ["tok_embeddings", *(f"layers.{i}" for i in range(16)), "norm", "output"]
+    stages = layers_per_stage_split(order, 5, 2)
+    assert [sum(m.startswith("layers.") for m in s) for s in stages] == [5, 5, 5, 1]
+    assert stages[0][0] == "tok_embeddings" and stages[-1][-2:] == ["norm", "output"]
+    with pytest.raises(ConfigError, match="cuts 16 layers into 3 stages, which the pipeline degree 2"):
+        layers_per_stage_split(order, 6, 2)
+    # the estimator places the same stages: 8B (32 layers), 4 per stage, pp 4 -> 2 stages per rank
+    extra = ("--parallelism.pipeline_parallel_degree", "4", "--training.local_batch_size", "8",
+             "--parallelism.pipeline_parallel_schedule", "Interleaved1F1B",
+             "--parallelism.pipeline_parallel_layers_per_stage", "4")
+    assert [r.blocks for r in plan(_cfg(*extra), 8).ranks] == [(4, 4)] * 4

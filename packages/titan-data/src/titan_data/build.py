@@ -7,16 +7,34 @@ import pathlib
 
 from titan_data.errors import DataError, check_positive
 from titan_data.pretokenized import PretokenizedLoader
-from titan_data.registry import DataRequest, get_dataset, source_texts
+from titan_data.registry import DATASETS, DataRequest, get_dataset, source_texts
 from titan_data.streaming import BAD_RECORD_POLICIES, PackConfig, StreamingLoader
 from titan_data.tokenizer import Tokenizer
-from titan_data.tokens import TokenStore, write_token_dir
+from titan_data.tokens import INDEX, TokenStore, write_token_dir
 
 MODES = ("pretokenized", "streaming")
 
 
+def resolve_dataset(dataset: str, dataset_path: str | None) -> tuple[str, str | None]:
+    """A dataset given as a path instead of a name: a token folder (it holds index.json, or
+    train/index.json) becomes 'tokens', other files and folders 'local'. Names pass unchanged."""
+    if dataset in DATASETS or not isinstance(dataset, str):
+        return dataset, dataset_path
+    path = pathlib.Path(dataset).expanduser()
+    if not path.exists():
+        return dataset, dataset_path  # get_dataset names the closest known dataset
+    if dataset_path:
+        raise DataError(f"dataset {dataset!r} is a path and dataset_path {dataset_path!r} is given too: "
+                        "give the path once (dataset='local' or 'tokens' with dataset_path, or the path alone)")
+    is_tokens = path.is_dir() and ((path / INDEX).is_file() or (path / "train" / INDEX).is_file())
+    return ("tokens" if is_tokens else "local"), str(path)
+
+
 def _request(dataset: str, tokenizer: Tokenizer, dataset_path: str | None, **kw) -> tuple:
     spec = get_dataset(dataset)
+    if kw.get("config") and spec.name not in ("hub", "c4"):
+        raise DataError(f"dataset_config {kw['config']!r} applies to Hugging Face Hub datasets (hub, c4), "
+                        f"not to {dataset!r}")
     if not isinstance(tokenizer, Tokenizer):
         raise DataError(f"tokenizer must be a titan_data Tokenizer (from load_tokenizer), got {type(tokenizer).__name__}")
     if spec.path == "required" and not dataset_path:
@@ -54,13 +72,16 @@ def build_dataloader(
 ) -> StreamingLoader | PretokenizedLoader:
     """A loader yielding `(inputs, labels)` LongTensors [local_batch_size, seq_len] for one dp rank.
 
-    `dataset`: a name in `DATASETS` (bundled, tiny, c4, hub, local, tokens). `mode`: "pretokenized"
+    `dataset`: a name in `DATASETS` (bundled, tiny, c4, hub, local, tokens), or the path of a file
+    or folder (read as 'local', or as 'tokens' when it is a token folder). `mode`: "pretokenized"
     (layout-independent, resumable on any dp degree; the default for bundled/tiny/tokens) or
     "streaming" (tokenize on the fly; the default for c4/hub/local). `dataset_path`: files or
     folder for local, hub name for hub, token folder for tokens. `dataset_config`: hub config.
     `text_sample_by`: for .txt files, one document per "document" (file), "paragraph" or "line".
-    `on_bad_record`: "skip" (count it: `loader.skipped_records`) or "raise" for a record whose
-    text field is not a string. `cache_dir`: where data tokenized on first use is kept.
+    `on_bad_record`: "skip" (with a warning; streaming loaders count them in
+    `loader.skipped_records`) or "raise" for a record whose text field is not a string.
+    `seed`: the pre-tokenized mode's per-epoch order (streaming reads documents in the source's
+    order). `cache_dir`: where data tokenized on first use is kept.
     Every user mistake raises DataError before any expensive work.
     """
     check_positive("seq_len", seq_len)
@@ -72,6 +93,7 @@ def build_dataloader(
         raise DataError(f"num_workers must be an integer >= 0, got {num_workers!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise DataError(f"seed must be an integer >= 0, got {seed!r}")
+    dataset, dataset_path = resolve_dataset(dataset, dataset_path)
     spec, req = _request(dataset, tokenizer, dataset_path, split=split, config=dataset_config,
                          text_field=text_field, text_sample_by=text_sample_by, on_bad_record=on_bad_record,
                          cache_dir=cache_dir)
@@ -124,6 +146,7 @@ def pretokenize(
     if max_documents is not None:
         check_positive("max_documents", max_documents)
     check_positive("shard_tokens", shard_tokens)
+    dataset, dataset_path = resolve_dataset(dataset, dataset_path)
     spec, req = _request(dataset, tokenizer, dataset_path, split=split, config=dataset_config,
                          text_field=text_field, text_sample_by=text_sample_by, on_bad_record=on_bad_record,
                          cache_dir=None)

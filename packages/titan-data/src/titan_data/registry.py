@@ -64,7 +64,7 @@ def source_texts(source: DocSource, req: DataRequest) -> Iterator[str]:
 def cached_tokens(name: str, source: DocSource, req: DataRequest) -> TokenStore:
     """Tokenize a finite source once into the cache folder (keyed by data, tokenizer and field)."""
     key = hashlib.sha256("|".join([source.fingerprint(), req.tokenizer.fingerprint, req.text_field,
-                                    req.split]).encode()).hexdigest()[:16]
+                                    req.split, req.on_bad_record]).encode()).hexdigest()[:16]
     folder = pathlib.Path(req.cache_dir).expanduser() if req.cache_dir else default_cache_dir()
     folder = folder / f"{name}-{req.split}-{key}"
     if (folder / INDEX).is_file():

@@ -80,6 +80,7 @@ def check_config(c: JobConfig) -> None:
     if unknown:
         raise ConfigError(f"checkpoint.exclude_from_loading: unknown part(s) {sorted(unknown)}; known: model, "
                           "optimizer, lr_scheduler, dataloader, train_state")
+    _check_combinations(c)
     if c.compile.enable:
         bad = set(c.compile.components) - {"model", "loss"}
         if bad:
@@ -92,3 +93,33 @@ def check_config(c: JobConfig) -> None:
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"compile.backend = {c.compile.backend!r} is not a torch.compile backend; "
                               f"known: {', '.join(common)}.{hint}")
+
+
+def _check_combinations(c: JobConfig) -> None:
+    """Options that only work together with others."""
+    t, p, v = c.training, c.parallelism, c.validation
+    if t.stop_at_step >= 0 and not c.checkpoint.enable:
+        raise ConfigError(f"training.stop_at_step = {t.stop_at_step} ends the run early so that a later one "
+                          "resumes, which needs checkpoint.enable = true")
+    if t.deterministic and t.seed is None:
+        raise ConfigError("training.deterministic = true needs training.seed (else every run draws its own seed)")
+    if p.enable_async_tensor_parallel and (p.tensor_parallel_degree < 2 or not c.compile.enable):
+        raise ConfigError("parallelism.enable_async_tensor_parallel needs parallelism.tensor_parallel_degree > 1 "
+                          "and compile.enable = true (the overlap is made by torch.compile's passes); got "
+                          f"tensor_parallel_degree = {p.tensor_parallel_degree}, compile.enable = {c.compile.enable}")
+    if v.enable:
+        if v.steps == 0 or v.steps < -1:
+            raise ConfigError(f"validation.steps = {v.steps}: use a positive number of batches, or -1 for the "
+                              "whole split")
+        if v.seq_len > t.seq_len:
+            raise ConfigError(f"validation.seq_len = {v.seq_len} is longer than training.seq_len = {t.seq_len}, "
+                              "the length the model's position table is built for")
+        if p.context_parallel_degree > 1 and v.seq_len != t.seq_len:
+            raise ConfigError(f"validation.seq_len = {v.seq_len} must equal training.seq_len = {t.seq_len} with "
+                              "context parallel (both are sharded along the sequence the same way)")
+    if c.metrics.enable_wandb:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError("metrics.enable_wandb = true, but wandb is not installed: "
+                              "pip install 'titan-train[wandb]', or turn the option off")

@@ -46,7 +46,8 @@ class Optimizer:
     beta1: float = opt(0.9, "Adam beta1 (SGD: momentum)")
     beta2: float = opt(0.95, "Adam beta2")
     eps: float = opt(1e-8, "Adam epsilon")
-    weight_decay: float = opt(0.1, "decoupled weight decay; never applied to norms, biases or embeddings")
+    weight_decay: float = opt(0.1, "weight decay (AdamW: decoupled; Adam, SGD: added to the gradient, as in "
+                                   "torch); never applied to norms, biases or embeddings")
     implementation: str = opt("fused", "optimizer kernel (fused falls back to foreach where unsupported)",
                               choices=("fused", "foreach", "for-loop"))
 

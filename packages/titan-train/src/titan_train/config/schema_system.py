@@ -23,7 +23,8 @@ class Parallelism:
     pipeline_parallel_degree: int = opt(1, "pipeline stages across ranks")
     pipeline_parallel_schedule: str = opt("1F1B", "pipeline schedule", choices=PP_SCHEDULES)
     pipeline_parallel_microbatch_size: int = opt(1, "sequences per pipeline microbatch")
-    pipeline_parallel_layers_per_stage: int | None = opt(None, "layers per (virtual) stage; unset = balanced")
+    pipeline_parallel_layers_per_stage: int | None = opt(
+        None, "blocks per (virtual) stage, the last may hold fewer (a multiple of pp stages); unset = balanced")
     pipeline_parallel_split_points: list[str] = opt([], "module names where new stages begin, e.g. layers.4")
     module_fqns_per_model_part: list[list[str]] | None = opt(None, "explicit module names for each stage")
     context_parallel_degree: int = opt(1, "context parallel ranks (sequence sharding, GPU only)")

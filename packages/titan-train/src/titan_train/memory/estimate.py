@@ -137,6 +137,8 @@ def estimate_layout(layout: Layout, sizes: ParamSizes) -> MemoryEstimate:
         if layout.float8:  # the block being computed: float8 copies of its weights and transposes
             fp8 = 2 * sizes.block.float8
         held_grads = grads if (layout.accum_steps > 1 or layout.pp > 1) else 0.0
+        if layout.autocast:  # autocast keeps the bf16 copy of every weight it cast until backward ends
+            comm_start += 2 * gathered
         a = held_grads + kept + transient + comm_start + fp8
         # foreach kernels make a temporary per state tensor; fused ones do not
         opt_temp = 0.0 if layout.optimizer_impl == "fused" else 4 * _rank_param_elems(sizes, rank, "stored")

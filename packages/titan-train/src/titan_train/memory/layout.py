@@ -64,6 +64,7 @@ class Layout:
     compute_bytes: int         # activation / gathered-parameter dtype
     reduce_bytes: int
     vocab_note: str
+    autocast: bool = False     # bf16 through torch.autocast (DDP): a bf16 copy of the weights is cached
 
     @property
     def tokens_per_microbatch(self) -> int:
@@ -107,17 +108,17 @@ def _in_flight(schedule: str, pp: int, rank: int, stages_per_rank: int, n_mb: in
 def _pipeline_ranks(cfg: JobConfig, pp: int, n_layers: int, order: list[str], n_mb: int) -> tuple[str, tuple[RankStages, ...]]:
     from titan_parallel.pipeline import SCHEDULES, plan_stages, resolve_schedule, stage_ids_for_rank
 
-    from titan_train.trainer.pipeline import _from_split_points
+    from titan_train.trainer.pipeline import _from_split_points, layers_per_stage_split
 
     p = cfg.parallelism
     name, spec = resolve_schedule(p.pipeline_parallel_schedule)
     split = p.module_fqns_per_model_part
     if split is None and p.pipeline_parallel_split_points:
         split = _from_split_points(order, p.pipeline_parallel_split_points)
+    if p.pipeline_parallel_layers_per_stage is not None:  # as the trainer's split() (conflicts raise there)
+        split = layers_per_stage_split(order, p.pipeline_parallel_layers_per_stage, pp)
     if split is not None:
         per_rank = len(split) // pp
-    elif p.pipeline_parallel_layers_per_stage is not None:
-        per_rank = max(1, -(-n_layers // p.pipeline_parallel_layers_per_stage) // pp)
     else:
         per_rank = 1 if SCHEDULES[name].min_stages_per_rank == 1 else 2
     plan = plan_stages(order, pp * per_rank, split_points=split)
@@ -174,6 +175,7 @@ def plan(cfg: JobConfig, world_size: int) -> Layout:
     bf16 = t.mixed_precision_param == "bfloat16"
     # As the trainer's uses_fsdp on GPUs: FSDP when sharding, and on one GPU for bf16 compute.
     fsdp = dims.dp_shard * dims.cp > 1 or (world_size == 1 and bf16)
+    autocast = bf16 and not fsdp and dims.tp == 1 and dims.pp == 1  # the trainer's mixed_precision_mode
     return Layout(
         args=args, model_name=cfg.model.name, world_size=world_size, dp_replicate=dims.dp_replicate,
         dp_shard=dims.dp_shard, cp=dims.cp, tp=dims.tp, pp=dims.pp, local_batch=t.local_batch_size,
@@ -190,7 +192,8 @@ def plan(cfg: JobConfig, world_size: int) -> Layout:
         async_tp=p.enable_async_tensor_parallel and dims.tp > 1, cp_rotate=p.context_parallel_rotate_method,
         cpu_offload=t.enable_cpu_offload, optimizer=cfg.optimizer.name, optimizer_impl=cfg.optimizer.implementation,
         momentum=cfg.optimizer.name != "SGD" or 0 < cfg.optimizer.beta1 < 1,
-        compute_bytes=2 if (bf16 and fsdp) else 4, reduce_bytes=4 if t.mixed_precision_reduce == "float32" else 2,
-        vocab_note=vocab_note,
+        compute_bytes=2 if (bf16 and (fsdp or autocast)) else 4,
+        reduce_bytes=4 if t.mixed_precision_reduce == "float32" else 2,
+        vocab_note=vocab_note, autocast=autocast,
     )
 

@@ -60,6 +60,19 @@ def uses_fsdp(dims: ParallelDims, device: torch.device, cfg: JobConfig) -> bool:
     return single_gpu_mp
 
 
+def mixed_precision_mode(dims: ParallelDims, device: torch.device, cfg: JobConfig) -> str:
+    """How training.mixed_precision_param is honoured: "fsdp" (FSDP casts parameters), "autocast"
+    (DDP or one device without FSDP, as torch.autocast), "off" (float32 asked, or CPU), or
+    "unsupported" (TP or PP without FSDP: no bf16 path that keeps DTensors exact; float32)."""
+    if device.type != "cuda" or cfg.training.mixed_precision_param == "float32":
+        return "off"
+    if uses_fsdp(dims, device, cfg):
+        return "fsdp"
+    if dims.tp > 1 or dims.pp > 1:
+        return "unsupported"
+    return "autocast"
+
+
 def parallelize_part(part: nn.Module, spec, cfg: JobConfig, dims: ParallelDims, device: torch.device,
                      *, pipelined: bool) -> nn.Module:
     p, ac, comp = cfg.parallelism, cfg.activation_checkpoint, cfg.compile

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 
@@ -13,7 +14,12 @@ from titan_mesh import set_collective_timeout
 from titan_train.config import JobConfig
 from titan_train.errors import ConfigError
 from titan_train.trainer import checkpointing, pipeline
-from titan_train.trainer.build_model import apply_converters, parallelize_part
+from titan_train.trainer.build_model import (
+    apply_converters,
+    mixed_precision_mode,
+    parallelize_part,
+    uses_fsdp,
+)
 from titan_train.trainer.hardware import device_peak
 from titan_train.trainer.metrics import MetricsLogger, MetricsSettings
 from titan_train.trainer.optim import (
@@ -40,12 +46,17 @@ from titan_train.trainer.step import StepRunner, cross_entropy_loss
 
 
 def _train_context(cfg: JobConfig, layout, parts):
-    """Context for forward+backward: loss parallel (TP) and context parallel (CP) when enabled."""
+    """Context for forward+backward: loss parallel (TP), context parallel (CP) and autocast
+    (bf16 compute for layouts whose parameters FSDP does not cast) when enabled."""
     dims = layout.dims
     loss_parallel = dims.tp > 1 and not cfg.parallelism.disable_loss_parallel and dims.pp == 1
+    device = layout.info.device
+    autocast = mixed_precision_mode(dims, device, cfg) == "autocast"
 
     def ctx(batch: list[torch.Tensor]):
         stack = contextlib.ExitStack()
+        if autocast:
+            stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
         if dims.cp > 1:
             stack.enter_context(pipeline.cp_context(cfg, dims, parts, batch))
         if loss_parallel:
@@ -80,11 +91,29 @@ def _configure_cuda_allocator(conf: str) -> None:
     torch.cuda.memory._set_allocator_settings(conf)
 
 
+def _check_fsdp_options(cfg: JobConfig, plan) -> None:
+    """Options that only FSDP carries out, refused when this layout has no FSDP."""
+    if uses_fsdp(plan.dims, torch.device(plan.device_type), cfg):
+        return
+    f8 = cfg.float8
+    float8 = any(c in ("quantize.linear.float8", "float8") for c in cfg.model.converters)
+    asked = [k for k, on in (("training.enable_cpu_offload", cfg.training.enable_cpu_offload),
+                             ("quantize.linear.float8.enable_fsdp_float8_all_gather",
+                              float8 and f8.enable_fsdp_float8_all_gather),
+                             ("quantize.linear.float8.precompute_float8_dynamic_scale_for_fsdp",
+                              float8 and f8.precompute_float8_dynamic_scale_for_fsdp)) if on]
+    if asked:
+        raise ConfigError(f"{', '.join(asked)} needs FSDP, which this layout does not use (FSDP shards over "
+                          "parallelism.data_parallel_shard_degree x context_parallel_degree > 1, or holds the "
+                          "bf16 copy on one GPU); turn it off or shard the model")
+
+
 def build_run(cfg: JobConfig) -> Run:
     _configure_cuda_allocator(cfg.training.cuda_alloc_conf)
     check_dump_folder(cfg.job.dump_folder)
     spec, tokenizer = build_tokenizer_and_spec(cfg)           # unknown model/flavor, tokenizer file
     plan = plan_layout(cfg)                                   # degrees vs world size, batch sizes
+    _check_fsdp_options(cfg, plan)
     args = build_model_args(cfg, spec, tokenizer.vocab_size, plan.dims, tokenizer.eos_id)  # TP/CP vs heads
     if plan.dims.cp > 1:
         pipeline.validate_cp(cfg, plan.dims, args)
@@ -141,7 +170,8 @@ def build_run(cfg: JobConfig) -> Run:
     writer = layout.info.rank == 0 or m.save_for_all_ranks
     metrics = MetricsLogger(MetricsSettings(cfg.job.dump_folder, m.enable_tensorboard, m.save_tb_folder,
                                             m.enable_wandb, not m.disable_color_printing and sys.stdout.isatty(), writer,
-                                            layout.info.rank, m.save_for_all_ranks))
+                                            layout.info.rank, m.save_for_all_ranks),
+                            config_for_wandb=dataclasses.asdict(cfg) if m.enable_wandb else None)
     validator = None
     if cfg.validation.enable:
         validator = make_validator(cfg, lambda: build_loader(cfg, tokenizer, layout, validation=True),
@@ -166,6 +196,9 @@ def _banner(run: Run, layout, args) -> str:
     n = sum(p.numel() for m in run.parts for p in m.parameters())
     deg = ", ".join(f"{k}={v}" for k, v in dims.enabled_dims()) or "single process"
     note = f" ({run.peak.note})" if run.peak.note else ""
+    if mixed_precision_mode(dims, run.device, cfg) == "unsupported":
+        note += (" (training in float32: bf16 with tensor or pipeline parallelism goes through FSDP; "
+                 "set parallelism.data_parallel_shard_degree > 1)")
     return (f"{cfg.job.description}\n"
             f"Titan: {cfg.model.name} {cfg.model.flavor} on {layout.info.world_size} x {run.device.type}"
             f" [{deg}]{note}; {n / 1e6:,.1f}M params; global batch {layout.global_batch} x {cfg.training.seq_len} "

@@ -31,8 +31,10 @@ class _StopFlag:
             self.requested = True
         try:
             self._old = signal.signal(signal.SIGTERM, handler)
-        except ValueError:  # not the main thread (e.g. inside a test harness)
+        except ValueError:  # not the main thread (e.g. inside a test harness or a notebook thread)
             self._old = None
+            print("titan-train: not on the main thread, so SIGTERM cannot be caught: a preempted run "
+                  "will not save on its way out", flush=True)
 
     def agreed(self) -> bool:
         """True on every rank when any rank got the signal (a CPU all-reduce: no GPU sync)."""
@@ -146,7 +148,9 @@ def train(run: Run) -> int:
                     run.after_first_step()
                     lowered = True
                 if stopping:
-                    log.log_text(f"SIGTERM received: saving step {state.step} and exiting")
+                    log.log_text(f"SIGTERM received: saving step {state.step} and exiting" if run.ckpt is not None
+                                 else f"SIGTERM received: stopping after step {state.step} (checkpoint.enable is "
+                                 "off: nothing is saved)")
                     if lowered and run.after_training is not None:
                         run.after_training()  # a synchronous full save: the long timeout
                         lowered = False

@@ -53,14 +53,10 @@ class MetricsLogger:
 
             tb_dir = folder / s.save_tb_folder / (f"rank_{s.rank}" if s.save_for_all_ranks else "")
             self._tb = SummaryWriter(log_dir=str(tb_dir))
-        if s.enable_wandb:
-            try:
-                import wandb
-            except ImportError:
-                print("metrics.enable_wandb: wandb is not installed (pip install 'titan-train[wandb]'); "
-                      "continuing without it")
-            else:
-                self._wandb = wandb.init(dir=str(folder), config=config_for_wandb)
+        if s.enable_wandb:  # check_config made sure wandb is installed
+            import wandb
+
+            self._wandb = wandb.init(dir=str(folder), config=config_for_wandb)
 
     def log(self, record: dict[str, Any], *, steps_total: int, step_time_s: float) -> None:
         """record holds `step` and the metric values (None values are skipped)."""

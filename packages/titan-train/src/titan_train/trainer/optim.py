@@ -52,8 +52,6 @@ def build_optimizer(model: nn.Module, s: OptimizerSettings) -> torch.optim.Optim
     flags = _kernel_flags(s.implementation, s.name, [p for g in groups for p in g["params"]])
     if s.name in ("AdamW", "Adam"):
         cls = torch.optim.AdamW if s.name == "AdamW" else torch.optim.Adam
-        if cls is torch.optim.Adam:
-            groups = [{**g, "weight_decay": 0.0} for g in groups]
         return cls(groups, lr=s.lr, betas=(s.beta1, s.beta2), eps=s.eps, **flags)
     if s.name == "SGD":
         return torch.optim.SGD(groups, lr=s.lr, momentum=s.beta1 if s.beta1 < 1 else 0.0, **flags)

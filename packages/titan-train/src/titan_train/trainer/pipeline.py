@@ -20,15 +20,37 @@ def split(cfg: JobConfig, dims: ParallelDims, model: nn.Module, spec):
     split_points = p.module_fqns_per_model_part
     if split_points is None and p.pipeline_parallel_split_points:
         split_points = _from_split_points(order, p.pipeline_parallel_split_points)
-    stages_per_rank = None
-    if p.pipeline_parallel_layers_per_stage is not None and split_points is None:
-        n_blocks = sum(pp_lib.split.is_block(m) for m in order)
-        per = p.pipeline_parallel_layers_per_stage
-        stages_per_rank = max(1, -(-n_blocks // per) // dims.pp)
+    if p.pipeline_parallel_layers_per_stage is not None:
+        if split_points is not None:
+            from titan_train.errors import ConfigError
+
+            raise ConfigError("parallelism.pipeline_parallel_layers_per_stage and explicit stage boundaries "
+                              "(pipeline_parallel_split_points / module_fqns_per_model_part) both given: use one")
+        split_points = layers_per_stage_split(order, p.pipeline_parallel_layers_per_stage, dims.pp)
     parts = pp_lib.pipeline_split(model, dims.get_mesh("pp"), module_order=order,
-                                  schedule=p.pipeline_parallel_schedule, stages_per_rank=stages_per_rank,
-                                  split_points=split_points)
+                                  schedule=p.pipeline_parallel_schedule, split_points=split_points)
     return parts, list(parts.modules)
+
+
+def layers_per_stage_split(order: list[str], per: int, pp: int) -> list[list[str]]:
+    """Stages of `per` blocks each (the last may hold fewer), the embedding with the first and the
+    final norm / output with the last; their number must be a multiple of the pp degree."""
+    from titan_train.errors import ConfigError
+
+    if per < 1:
+        raise ConfigError(f"parallelism.pipeline_parallel_layers_per_stage = {per} must be >= 1")
+    blocks = [m for m in order if pp_lib.split.is_block(m)]
+    first = blocks[0] if blocks else None
+    head = order[:order.index(first)] if first else []
+    tail = order[order.index(blocks[-1]) + 1:] if blocks else []
+    stages = [blocks[i:i + per] for i in range(0, len(blocks), per)]
+    if len(stages) % pp:
+        raise ConfigError(f"parallelism.pipeline_parallel_layers_per_stage = {per} cuts {len(blocks)} layers into "
+                          f"{len(stages)} stages, which the pipeline degree {pp} does not divide; choose a value "
+                          f"giving a multiple of {pp} stages (e.g. {max(1, len(blocks) // pp)})")
+    stages[0] = head + stages[0]
+    stages[-1] = stages[-1] + tail
+    return stages
 
 
 def _from_split_points(order: list[str], points: list[str]) -> list[list[str]]:
