@@ -36,14 +36,14 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = _parse(list(sys.argv[1:] if argv is None else argv))
+    from titan_train.cli import user_error_types
     from titan_train.config import build_config
-    from titan_train.errors import ConfigError
     from titan_train.memory import estimate
 
     try:
         cfg = build_config((["--config", args.config] if args.config else []) + overrides)
         est = estimate(cfg, args.world_size)
-    except ConfigError as e:
+    except user_error_types() as e:  # any package's bad-input error: one message, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     sizes = args.gpu_memory or list(GPU_SIZES)

@@ -34,9 +34,11 @@ class PlotError(ValueError):
 def metrics_file(run: str) -> Path:
     path = Path(run).expanduser()
     if path.is_dir():
-        path = path / "metrics.jsonl"
+        # metrics.save_for_all_ranks writes metrics_rank<r>.jsonl: plot rank 0's
+        path = path / "metrics.jsonl" if (path / "metrics.jsonl").is_file() else path / "metrics_rank0.jsonl"
     if not path.is_file():
-        raise PlotError(f"{run}: no metrics.jsonl there (give a run's dump folder or its metrics.jsonl)")
+        raise PlotError(f"{run}: no metrics.jsonl (or metrics_rank0.jsonl) there (give a run's dump folder or its "
+                        "metrics file)")
     return path
 
 
@@ -128,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = [(label, read_run(metrics_file(run))) for label, run in zip(labels, args.runs)]
         logged = {k for _, recs in runs for rec in recs for k in rec}
         unknown = [m for m in metrics if m not in logged]
-        if len(unknown) == len(metrics):
+        if unknown:  # a metric some runs logged and others not is fine; one no run logged is a typo
             import difflib
 
             hint = difflib.get_close_matches(unknown[0], sorted(logged), n=1)

@@ -32,3 +32,8 @@ def test_config_mistakes_are_one_line_errors(capsys):
     assert err.startswith("error:") and "world size" in err and "Traceback" not in err
     assert estimate_memory.main(["--config", "llama3_8b", "--world_size", "8", "--training.local_batchsize", "2"]) == 2
     assert "local_batch_size" in capsys.readouterr().err
+    # an error of another package (titan-parallel's TP check on the vocabulary) is one message too
+    assert estimate_memory.main(["--config", "llama3_8b", "--world_size", "2", "--parallelism.tensor_parallel_degree",
+                                 "2", "--model.vocab_size", "128257"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "128257" in err and "Traceback" not in err

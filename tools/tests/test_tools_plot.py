@@ -46,3 +46,12 @@ def test_clear_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "did you mean 'loss'" in err and "Traceback" not in err
     assert not (tmp_path / "x.png").exists()
+    # one typo among known names is caught too, not drawn as an empty panel
+    assert plot_metrics.main([str(run), "--metrics", "loss,grad_nrom", "-o", str(tmp_path / "x.png")]) == 2
+    assert "no run logged grad_nrom; did you mean 'grad_norm'" in capsys.readouterr().err
+
+
+def test_a_run_saved_for_all_ranks_plots_rank_zero(tmp_path):
+    run = _run(tmp_path / "r", 1.0)
+    (run / "metrics.jsonl").rename(run / "metrics_rank0.jsonl")
+    assert plot_metrics.main([str(run), "-o", str(tmp_path / "r.png")]) == 0

@@ -56,13 +56,22 @@ def test_truncated_and_missing_metadata_are_named(saved):
         _load(folder)
 
 
-def test_damaged_marker_makes_the_step_incomplete(saved):
+def test_damaged_marker_is_named_and_never_skipped_silently(saved):
     folder, path = saved
-    (path / "titan-complete.json").write_text("{not json")
+    marker = path / "titan-complete.json"
+    marker.write_text("{not json")
     mgr = CheckpointManager(folder, interval=1)
-    assert mgr.latest_step() is None
-    with pytest.raises(CheckpointError, match="step-1 is not a complete checkpoint"):
+    assert mgr.latest_step() is None  # not complete: never loaded as if it were
+    with pytest.raises(CheckpointError, match=rf"{marker} is corrupted"):
         mgr.load({"model": ModelState(make_model())}, step=1)
+    # auto-resume does not fall back to the start (or an older step) without saying so
+    with pytest.raises(CheckpointError, match=rf"{marker} is corrupted.*is damaged, so resuming would silently "
+                                              "go back to the start"):
+        _load(folder)
+    older = CheckpointManager(folder, interval=1)
+    older.save(0, {"model": ModelState(make_model()), "train_state": {"step": 0, "note": ""}})
+    with pytest.raises(CheckpointError, match="go back to step 0"):
+        _load(folder)
 
 
 RAN: list[str] = []

@@ -8,6 +8,7 @@ from titan_mesh.testing import fake_world
 from titan_parallel import (
     ACOptions,
     Float8Options,
+    FSDPOptions,
     ParallelConfigError,
     apply_ac,
     apply_ddp,
@@ -137,6 +138,8 @@ def test_parallelize_checks_everything_before_touching_the_model(world4):
         (dict(tp_mesh=world4["tp"], tp_plan=tp_plan(), dp_mesh=world4["tp"]), "overlap"),
         (dict(dp_mesh=world4["dp"], dp="zero3"), "dp='zero3'"),
         (dict(float8=Float8Options(emulate=True, fsdp_float8_all_gather=True)), "needs FSDP"),
+        (dict(dp_mesh=world4["dp"], dp="ddp", fsdp=FSDPOptions(param_dtype=torch.bfloat16)),
+         "has no effect with dp='ddp'"),
     ]
     for kwargs, match in requests:
         with pytest.raises(ParallelConfigError, match=match):

@@ -20,3 +20,30 @@ def test_unknown_compile_backend_is_torchs_error_before_training(capsys, tmp_pat
                  "--compile.enable", "--compile.backend", "no_such_backend", "--job.dump_folder", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and "compile.backend" in err and "no_such_backend" in err and "Traceback" not in err
+
+
+def _metrics(folder):
+    import json
+
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_initial_load_restores_every_part_but_the_excluded_ones(tmp_path):
+    base = ["--training.seq_len", "32", "--metrics.enable_tensorboard", "false", "--metrics.log_freq", "1",
+            "--training.seed", "3"]
+    first = tmp_path / "first"
+    assert main([*base, "--training.steps", "4", "--checkpoint.enable", "--checkpoint.interval", "4",
+                 "--checkpoint.last_save_model_only", "false", "--job.dump_folder", str(first)]) == 0
+    src = str(first / "checkpoint")
+    # no checkpointing of its own, full initial load: the run continues at step 5
+    cont = tmp_path / "cont"
+    assert main([*base, "--training.steps", "6", "--checkpoint.initial_load_path", src,
+                 "--checkpoint.initial_load_model_only", "false", "--job.dump_folder", str(cont)]) == 0
+    assert [r["step"] for r in _metrics(cont)] == [5, 6]
+    # train_state excluded: the weights (and optimizer) come over, the step count starts again
+    fresh = tmp_path / "fresh"
+    assert main([*base, "--training.steps", "2", "--checkpoint.initial_load_path", src,
+                 "--checkpoint.initial_load_model_only", "false", "--checkpoint.exclude_from_loading",
+                 "train_state,lr_scheduler,dataloader", "--job.dump_folder", str(fresh)]) == 0
+    runs = _metrics(fresh)
+    assert [r["step"] for r in runs] == [1, 2] and runs[0]["loss"] < _metrics(first)[0]["loss"] - 0.05

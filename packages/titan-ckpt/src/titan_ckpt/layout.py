@@ -98,6 +98,22 @@ def is_complete(folder: Path, step: int) -> bool:
     return True
 
 
+def damaged(folder: Path) -> dict[int, str]:
+    """step -> what is wrong, for `step-N` folders whose completion marker exists but is unreadable,
+    not titan-ckpt's, or names another step (Titan writes markers atomically: this is damage)."""
+    found: dict[int, str] = {}
+    if not folder.is_dir():
+        return found
+    for entry in os.listdir(folder):
+        m = _STEP_RE.fullmatch(entry)
+        if m and (folder / entry / MARKER).is_file():
+            try:
+                read_marker(folder / entry, int(m.group(1)))
+            except CheckpointError as e:
+                found[int(m.group(1))] = str(e)
+    return found
+
+
 def scan(folder: Path) -> tuple[list[int], list[str]]:
     """(complete steps ascending, names of other step-like folders) in `folder`."""
     if not folder.is_dir():

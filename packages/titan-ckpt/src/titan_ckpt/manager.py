@@ -239,8 +239,18 @@ class CheckpointManager:
 
     def _pick_step(self, step: int | None) -> int | None:
         complete, other = layout.scan(self.folder)
+        bad = layout.damaged(self.folder)
         if step is None:
+            newer = [s for s in bad if not complete or s > complete[-1]]
+            if newer:  # never fall back to an older step silently: that would discard progress
+                s = max(newer)
+                raise CheckpointError(
+                    f"{bad[s]}; the newest checkpoint {layout.step_dir(self.folder, s)} is damaged, so resuming "
+                    f"would silently go back to {f'step {complete[-1]}' if complete else 'the start'}: repair "
+                    "or move that folder away (or load a step explicitly)")
             return complete[-1] if complete else None
+        if step in bad:
+            raise CheckpointError(bad[step])
         if step not in complete:
             raise CheckpointError(
                 f"{layout.step_dir(self.folder, step)} is not a complete checkpoint; complete "

@@ -107,8 +107,8 @@ def init_distributed(
     if backend is None:
         backend = "cuda:nccl,cpu:gloo" if device_type == "cuda" else "gloo"
 
-    if dist.is_initialized():
-        return DistInfo(dist.get_rank(), launch.local_rank, dist.get_world_size(), device, backend)
+    if dist.is_initialized():  # a caller's group: used as it is (its backend and timeout stay)
+        return DistInfo(dist.get_rank(), launch.local_rank, dist.get_world_size(), device, dist.get_backend())
     timeout = timedelta(seconds=timeout_s)
     if launch.world_size > 1:
         if launch.source == "slurm":

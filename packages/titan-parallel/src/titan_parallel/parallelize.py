@@ -120,6 +120,11 @@ def parallelize(
         check_ac(mode=ac.mode, layer_freq=ac.layer_freq, op_policy=ac.op_policy)
     if dp not in ("fsdp", "ddp"):
         raise one_of("dp", dp, ("fsdp", "ddp"))
+    if dp == "ddp" and fsdp is not None and fsdp != FSDPOptions():
+        raise ParallelConfigError(
+            f"fsdp={fsdp} has no effect with dp='ddp' (DDP keeps parameters and gradients as they are; for "
+            "bf16 compute wrap forward and loss in torch.autocast): drop it, or use dp='fsdp'"
+        )
     fsdp = fsdp or FSDPOptions()
     if dp_mesh is not None:
         check_dp_mesh(dp_mesh, model, arg="dp_mesh", max_ndim=2 if dp == "fsdp" else 1)

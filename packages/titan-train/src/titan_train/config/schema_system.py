@@ -79,7 +79,8 @@ class Checkpoint:
     initial_load_in_hf: bool = opt(False, "initial_load_path holds Hugging Face safetensors")
     initial_load_model_only: bool = opt(True, "load only the model from initial_load_path")
     last_save_model_only: bool = opt(True, "the final save holds only the model (in export_dtype)")
-    last_save_in_hf: bool = opt(False, "the final save is Hugging Face safetensors + config.json")
+    last_save_in_hf: bool = opt(False, "also export the final weights as Hugging Face safetensors + config.json "
+                                       "to <dump_folder>/hf/step-N (even with checkpoint.enable off)")
     export_dtype: str = opt("float32", "dtype of the model-only final save", choices=("float32", "bfloat16", "float16"))
     create_seed_checkpoint: bool = opt(False, "write step-0 weights on one process, then exit")
     enable_first_step_checkpoint: bool = opt(False, "also save right after step 1")

@@ -31,7 +31,8 @@ def _initial_load(run: Run, cfg: JobConfig, adapter) -> None:
         return
     source = titan_ckpt.CheckpointManager(path, interval=1, keep_latest_k=0)
     states = {"model": run.states["model"]} if c.initial_load_model_only else run.states
-    step = source.load(states)
+    exclude = tuple(sorted(set(c.exclude_from_loading) & set(states)))
+    step = source.load(states, exclude=exclude)
     if step is None:
         raise ConfigError(f"checkpoint.initial_load_path = {path!r} holds no complete checkpoint")
     run.metrics.log_text(f"initial weights: step {step} of {path}")
@@ -59,8 +60,9 @@ def attach(run: Run, layout, spec, args) -> None:
             loaded = run.ckpt.load(run.states, step=latest, exclude=tuple(sorted(exclude)))
             run.metrics.log_text(f"resumed from {dump_path(cfg, c.folder)}/step-{loaded} (step {run.state.step})")
     if loaded is None and c.initial_load_path:
-        if run.ckpt is None:
-            run.states = {"model": titan_ckpt.ModelState(run.parts)}
+        if run.ckpt is None:  # nothing is saved, but a full initial load still restores every part
+            run.states = ({"model": titan_ckpt.ModelState(run.parts)} if c.initial_load_model_only
+                          or c.initial_load_in_hf else _states(run, layout.dp_rank))
         _initial_load(run, cfg, adapter)
 
     def export(step: int) -> None:
