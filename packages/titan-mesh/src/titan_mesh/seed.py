@@ -39,7 +39,9 @@ def set_determinism(
     coordinate there, for code that wants independent randomness per stage.
 
     deterministic=True selects deterministic kernels (cuBLAS workspace, cuDNN, torch's
-    deterministic algorithms) so reruns give bit-identical losses, at some speed cost.
+    deterministic algorithms) so reruns give bit-identical losses, at some speed cost. An op
+    that has no deterministic kernel still runs, with torch's warning naming it (warn_only), so
+    a run is bit-identical only when no such warning appears.
     """
     device = torch.device(device)
     seed = _agree_on_seed(seed, device)
