@@ -2,15 +2,33 @@
 # Test one package in isolation: build its wheel (and its sibling dependencies' wheels), install
 # them into a fresh venv with nothing else but what they declare (their `test` extra included),
 # and run the package's tests against the installed wheel, never the source tree.
-#   usage: tools/ci/test_package.sh titan-mesh [pytest args...]
+#   usage: tools/ci/test_package.sh [--setup-only | --test-only] titan-mesh [pytest args...]
+# --setup-only builds and installs (then stops); --test-only tests what a --setup-only run left, so
+# .ci/run can install the six packages one after the other and test them side by side.
 set -euo pipefail
-name=${1:?usage: tools/ci/test_package.sh titan-NAME [pytest args]}; shift
+phase=all
+case "${1:-}" in --setup-only) phase=setup; shift;; --test-only) phase=test; shift;; esac
+name=${1:?usage: tools/ci/test_package.sh [--setup-only|--test-only] titan-NAME [pytest args]}; shift
 root=$(cd "$(dirname "$0")/../.." && pwd)
 pkg="$root/packages/$name"
 [ -f "$pkg/pyproject.toml" ] || { echo "no package at $pkg" >&2; exit 2; }
 work="$root/.ci-work/isolated/$name"
-rm -rf "$work"; mkdir -p "$work/dist"
 py=${PYTHON:-python3}
+mod=${name//-/_}
+
+run_tests() {
+  echo "-- $name: testing the installed wheel ($1)"
+  cd "$pkg"
+  TIKTOKEN_CACHE_DIR="" OMP_NUM_THREADS=1 TORCHINDUCTOR_CACHE_DIR="$root/.inductor-cache" \
+    "$work/venv/bin/python" -m pytest -q -p no:cacheprovider tests "$@"
+}
+
+if [ "$phase" = test ]; then
+  [ -x "$work/venv/bin/python" ] || { echo "$name: no venv at $work (run --setup-only first)" >&2; exit 2; }
+  run_tests "$(cat "$work/where")" "$@"
+  exit
+fi
+rm -rf "$work"; mkdir -p "$work/dist"
 
 # The package and, recursively, the titan-* packages it (or its test extra) depends on.
 closure=$("$py" "$root/tools/ci/sibling_closure.py" "$root/packages" "$name")
@@ -47,10 +65,8 @@ else
 fi
 "$work/venv/bin/pip" check
 
-mod=${name//-/_}
 where=$("$work/venv/bin/python" -c "import $mod, os; print(os.path.dirname($mod.__file__))")
 case "$where" in "$work"/venv/*) ;; *) echo "$mod imported from $where, not the wheel" >&2; exit 1;; esac
-echo "-- $name: testing the installed wheel ($where)"
-cd "$pkg"
-TIKTOKEN_CACHE_DIR="" OMP_NUM_THREADS=1 TORCHINDUCTOR_CACHE_DIR="$root/.inductor-cache" \
-  "$work/venv/bin/python" -m pytest -q -p no:cacheprovider tests "$@"
+echo "$where" > "$work/where"
+[ "$phase" = setup ] && exit 0
+run_tests "$where" "$@"
