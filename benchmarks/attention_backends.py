@@ -5,7 +5,8 @@ each backend's output and gradients against a float32 reference.
 
 Inputs are laid out as the Llama model hands them to SDPA: [batch, seq, heads, head_dim]
 projections transposed to [batch, heads, seq, head_dim] (not contiguous), k and v repeated to the
-query heads. TFLOP/s counts the causal half of the score matrix (forward 2 matmuls, backward 5).
+query heads, or grouped (`enable_gqa`). `flex` is compiled FlexAttention with a causal block
+mask, the model's `attention_backend = "flex"` path. TFLOP/s counts the causal half of the score matrix (forward 2 matmuls, backward 5).
 """
 
 from __future__ import annotations
@@ -30,22 +31,37 @@ def make_inputs(b, s, h, kvh, d, dtype, seed=0):
     return [t.detach().requires_grad_(t is not grad) for t in (q, k, v)] + [grad]
 
 
-def attend(q, k, v, gqa: str):
+_FLEX: dict = {}
+
+
+def flex(q, k, v, gqa: bool):
+    """Compiled FlexAttention, causal; the block mask is built once per sequence length."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    if "fn" not in _FLEX:
+        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
+    s = q.shape[2]
+    if s not in _FLEX:
+        _FLEX[s] = create_block_mask(lambda b, h, qi, ki: qi >= ki, None, None, s, s, device=q.device)
+    return _FLEX["fn"](q, k, v, block_mask=_FLEX[s], enable_gqa=gqa)
+
+
+def attend(q, k, v, gqa: str, backend: str = "default"):
     if gqa == "repeat":
         r = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(r, dim=1), v.repeat_interleave(r, dim=1)
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    if backend == "flex":
+        return flex(q, k, v, gqa != "repeat")
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa != "repeat")
 
 
 def kernels(backend: str):
-    """"default" leaves torch's own choice (its priority order) in place."""
-    return contextlib.nullcontext() if backend == "default" else sdpa_kernel([BACKENDS[backend]])
+    """"default" (and flex) leave torch's own SDPA choice (its priority order) in place."""
+    return contextlib.nullcontext() if backend in ("default", "flex") else sdpa_kernel([BACKENDS[backend]])
 
 
 def fwd_bwd(backend, q, k, v, grad, gqa):
     with kernels(backend):
-        out = attend(q, k, v, gqa)
+        out = attend(q, k, v, gqa, backend)
     out.backward(grad)
     return out
 
@@ -84,7 +100,7 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=32)
     ap.add_argument("--kv-heads", type=int, default=8)
     ap.add_argument("--head-dim", type=int, default=64)
-    ap.add_argument("--backends", default="default,flash,cudnn,efficient")
+    ap.add_argument("--backends", default="default,flash,cudnn,efficient,flex")
     args = ap.parse_args()
     b, s, h, d = args.batch, args.seq, args.heads, args.head_dim
     flops = 4 * b * h * s * s * d / 2  # causal forward: QK^T and PV over half the scores
@@ -101,7 +117,7 @@ def main() -> None:
 
                 def fwd(backend=backend, q=q, k=k, v=v, gqa=gqa):
                     with torch.no_grad(), kernels(backend):
-                        attend(q, k, v, gqa)
+                        attend(q, k, v, gqa, backend)
 
                 def both(backend=backend, q=q, k=k, v=v, grad=grad, gqa=gqa):
                     fwd_bwd(backend, q, k, v, grad, gqa)

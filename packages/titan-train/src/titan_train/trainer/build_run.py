@@ -88,7 +88,9 @@ def _configure_cuda_allocator(conf: str) -> None:
         return
     if os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF"):
         return
-    torch.cuda.memory._set_allocator_settings(conf)
+    # torch >= 2.10 moved the setter to the accelerator API; the cuda one warns there.
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or torch.cuda.memory._set_allocator_settings
+    setter(conf)
 
 
 def _check_fsdp_options(cfg: JobConfig, plan) -> None:
