@@ -5,6 +5,7 @@ import sys
 import time
 
 import pytest
+import torch
 from titan_train.cli import main
 
 
@@ -29,6 +30,10 @@ def _fail(capsys, argv, monkeypatch=None, env=None):
     (["--training.dataset", "c5"], "c5"),
     (["--model.tokenizer_path", "/nonexistent/tokenizer.model"], "/nonexistent/tokenizer.model"),
     (["--job.dump_folder", "/proc/titan_cannot_write"], "job.dump_folder"),
+    (["--checkpoint.enable", "--checkpoint.folder", "/proc/titan_cannot_write"],
+     "checkpoint.folder = '/proc/titan_cannot_write' is not writable"),
+    pytest.param(["--model.converters", "quantize.linear.float8"], "add --quantize.linear.float8.emulate",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="float8 runs on this GPU")),
     # options that need other options
     (["--training.enable_cpu_offload"], "training.enable_cpu_offload needs FSDP"),
     (["--training.stop_at_step", "5"], "needs checkpoint.enable"),

@@ -7,7 +7,9 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from titan_train.cli import main
+from titan_train.trainer.loop import Terminated, _StopFlag
 
 ARGS = ["--training.steps", "200", "--training.seq_len", "32", "--training.local_batch_size", "2",
         "--metrics.log_freq", "1", "--metrics.enable_tensorboard", "false", "--checkpoint.enable",
@@ -37,3 +39,45 @@ def test_sigterm_saves_and_the_next_run_resumes(tmp_path):
     assert main([*ARGS, "--job.dump_folder", str(out), "--training.stop_at_step", str(saved + 2)]) == 0
     records = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert records[len(first):] == [saved + 1, saved + 2]
+
+
+
+def _kill_after_first_step(metrics: Path) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if metrics.exists() and metrics.read_text().strip():
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        time.sleep(0.05)
+
+
+def test_sigterm_without_checkpoints_stops_at_once(tmp_path, capsys):
+    out = tmp_path / "run"
+    killer = threading.Thread(target=_kill_after_first_step, args=(out / "metrics.jsonl",), daemon=True)
+    killer.start()
+    before = signal.getsignal(signal.SIGTERM)
+    code = main([*ARGS[:10], "--metrics.disable_color_printing", "--job.dump_folder", str(out)])
+    killer.join()
+    assert code == 143
+    assert "checkpoint.enable off (nothing to save): stopped during step" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is gone afterwards
+
+
+def _signal_self() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.05)  # the Python-level handler runs on the main thread at the next bytecode
+
+
+def test_a_second_sigterm_does_not_wait_for_the_step():
+    flag = _StopFlag(saves=True)
+    before = signal.getsignal(signal.SIGTERM)
+    flag.install()
+    try:
+        flag.step = 7
+        _signal_self()
+        assert flag.requested  # the first one only asks for a save at the end of the step
+        with pytest.raises(Terminated, match="a second SIGTERM: stopped during step 7"):
+            _signal_self()
+        assert signal.getsignal(signal.SIGTERM) is before
+    finally:
+        flag.restore()

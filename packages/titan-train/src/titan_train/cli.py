@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print_only = "--print-config" in argv
     argv = [a for a in argv if a != "--print-config"]
-    from titan_train.trainer.loop import TrainingDiverged
+    from titan_train.trainer.loop import Terminated, TrainingDiverged
 
     errors = user_error_types()
     import torch.distributed as dist
@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"titan-train: {e}", file=sys.stderr, flush=True)
         return 3
+    except Terminated as e:
+        print(f"titan-train: {e}", file=sys.stderr, flush=True)
+        return 143
     except KeyboardInterrupt:
         print("titan-train: interrupted", file=sys.stderr)
         return 130

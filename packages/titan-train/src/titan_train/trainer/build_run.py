@@ -30,7 +30,7 @@ from titan_train.trainer.optim import (
 )
 from titan_train.trainer.prefetch import Prefetcher
 from titan_train.trainer.profiling import make_profiler
-from titan_train.trainer.run import Run, make_validator
+from titan_train.trainer.run import Run, dump_path, make_validator
 from titan_train.trainer.setup import (
     build_loader,
     build_model_args,
@@ -113,6 +113,8 @@ def _check_fsdp_options(cfg: JobConfig, plan) -> None:
 def build_run(cfg: JobConfig) -> Run:
     _configure_cuda_allocator(cfg.training.cuda_alloc_conf)
     check_dump_folder(cfg.job.dump_folder)
+    if cfg.checkpoint.enable:  # an absolute checkpoint.folder may lie outside the dump folder
+        check_dump_folder(str(dump_path(cfg, cfg.checkpoint.folder)), "checkpoint.folder")
     spec, tokenizer = build_tokenizer_and_spec(cfg)           # unknown model/flavor, tokenizer file
     plan = plan_layout(cfg)                                   # degrees vs world size, batch sizes
     _check_fsdp_options(cfg, plan)

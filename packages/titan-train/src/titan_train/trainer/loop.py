@@ -19,15 +19,30 @@ class TrainingDiverged(RuntimeError):
     """The loss or gradient norm became NaN/inf; the last good checkpoint is left untouched."""
 
 
-class _StopFlag:
-    """SIGTERM (preemption, scancel) asks for a save and a clean exit at the end of the step."""
+class Terminated(Exception):
+    """SIGTERM that cannot wait for the step to end: a second one, or any when nothing is saved."""
 
-    def __init__(self) -> None:
+
+class _StopFlag:
+    """SIGTERM (preemption, scancel) asks for a save and a clean exit at the end of the step.
+
+    When the run saves nothing (checkpoint.enable off), or on a second SIGTERM, waiting for the
+    step to end has no purpose and may never end (a hung collective, a huge step), so the
+    handler raises Terminated at once; the CLI reports it and exits with 143 (128 + SIGTERM).
+    """
+
+    def __init__(self, saves: bool = True) -> None:
         self.requested = False
+        self.saves = saves
+        self.step = 0            # the step in progress, for the message
         self._old = None
 
     def install(self) -> None:
         def handler(signum, frame):  # noqa: ARG001
+            if self.requested or not self.saves:
+                self.restore()
+                why = "a second SIGTERM" if self.requested else "SIGTERM with checkpoint.enable off (nothing to save)"
+                raise Terminated(f"{why}: stopped during step {self.step}, at once")
             self.requested = True
         try:
             self._old = signal.signal(signal.SIGTERM, handler)
@@ -47,6 +62,7 @@ class _StopFlag:
     def restore(self) -> None:
         if self._old is not None:
             signal.signal(signal.SIGTERM, self._old)
+            self._old = None
 
 
 def _finite_or_raise(run: Run, loss: float, grad_norm: float, step: int) -> None:
@@ -84,7 +100,7 @@ def train(run: Run) -> int:
     validate, stop, or end the run read their numbers at once, so nothing unchecked is saved.
     """
     cfg, state, log = run.cfg, run.state, run.metrics
-    stop = _StopFlag()
+    stop = _StopFlag(saves=run.ckpt is not None)
     stop.install()
     gc.disable()  # collected every training.gc_freq steps instead, at the same step on every rank
     gc.collect(1)
@@ -107,6 +123,7 @@ def train(run: Run) -> int:
         with run.profiler() as prof:
             while state.step < last_step:
                 state.step += 1
+                stop.step = state.step
                 if state.step % cfg.training.gc_freq == 0:
                     gc.collect(1)
                 result = run.step_runner.run(data)
@@ -148,9 +165,8 @@ def train(run: Run) -> int:
                     run.after_first_step()
                     lowered = True
                 if stopping:
-                    log.log_text(f"SIGTERM received: saving step {state.step} and exiting" if run.ckpt is not None
-                                 else f"SIGTERM received: stopping after step {state.step} (checkpoint.enable is "
-                                 "off: nothing is saved)")
+                    log.log_text(f"SIGTERM received: saving step {state.step} and exiting "
+                                 "(a second SIGTERM stops at once)")
                     if lowered and run.after_training is not None:
                         run.after_training()  # a synchronous full save: the long timeout
                         lowered = False

@@ -31,7 +31,8 @@ def mesh_of(dims: ParallelDims, name: str):
     return dims.get_mesh(name) if dims.has_mesh else None
 
 
-def check_dump_folder(folder: str) -> Path:
+def check_dump_folder(folder: str, key: str = "job.dump_folder") -> Path:
+    """Create `folder` and prove it writable now, not after the first steps' work."""
     path = Path(folder).expanduser()
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -39,7 +40,7 @@ def check_dump_folder(folder: str) -> Path:
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise ConfigError(f"job.dump_folder = {folder!r} is not writable: {e.strerror}") from None
+        raise ConfigError(f"{key} = {folder!r} is not writable: {e.strerror}") from None
     return path
 
 
