@@ -19,8 +19,7 @@ print(sorted({{bool(s.get("is_expandable")) for s in torch.cuda.memory_snapshot(
 
 
 def _segments_expandable(conf: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTORCH_CUDA_ALLOC_CONF",
-                                                                          "PYTORCH_ALLOC_CONF")}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")}
     out = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", _CHECK.format(conf=conf)],
                          capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
