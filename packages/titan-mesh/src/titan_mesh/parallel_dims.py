@@ -165,7 +165,6 @@ class ParallelDims:
             raise KeyError(f"unknown mesh name {name!r}; known: {', '.join(known)}")
         return self._meshes.get(name)
 
-
     def process_groups(self) -> list:
         """Every process group behind the built meshes (dims and flattened views), once each."""
         groups, seen = [], set()

@@ -11,6 +11,11 @@ from titan_train.config.job_config import JobConfig
 from titan_train.errors import ConfigError
 
 CONVERTERS = ("quantize.linear.float8", "float8")
+
+
+def uses_float8(c: JobConfig) -> bool:
+    """model.converters asks for float8 linears (under either of its names)."""
+    return any(conv in CONVERTERS for conv in c.model.converters)
 SDPA_KERNELS = ("cudnn", "flash", "efficient", "math")
 
 

@@ -11,8 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from titan_train.config import JobConfig
+import torch
+
+from titan_train.config import JobConfig, uses_float8
 from titan_train.errors import ConfigError
+from titan_train.trainer.build_model import mixed_precision_mode, uses_fsdp
 
 
 @dataclass(frozen=True)
@@ -171,11 +174,11 @@ def plan(cfg: JobConfig, world_size: int) -> Layout:
         mb = t.local_batch_size
         ranks = (RankStages(0, (args.n_layers,), True, True, 1),)
     f8 = cfg.float8
-    float8 = any(c in ("quantize.linear.float8", "float8") for c in cfg.model.converters)
+    float8 = uses_float8(cfg)
     bf16 = t.mixed_precision_param == "bfloat16"
-    # As the trainer's uses_fsdp on GPUs: FSDP when sharding, and on one GPU for bf16 compute.
-    fsdp = dims.dp_shard * dims.cp > 1 or (world_size == 1 and bf16)
-    autocast = bf16 and not fsdp and dims.tp == 1 and dims.pp == 1  # the trainer's mixed_precision_mode
+    gpu = torch.device("cuda")  # estimates are for GPU runs: the trainer's own rules on a GPU
+    fsdp = uses_fsdp(dims, gpu, cfg)
+    autocast = mixed_precision_mode(dims, gpu, cfg) == "autocast"
     return Layout(
         args=args, model_name=cfg.model.name, world_size=world_size, dp_replicate=dims.dp_replicate,
         dp_shard=dims.dp_shard, cp=dims.cp, tp=dims.tp, pp=dims.pp, local_batch=t.local_batch_size,

@@ -13,7 +13,7 @@ import torch
 from titan_mesh import ParallelDims
 from torch import nn
 
-from titan_train.config import JobConfig
+from titan_train.config import JobConfig, uses_float8
 from titan_train.errors import ConfigError
 
 
@@ -107,12 +107,12 @@ def parallelize_part(part: nn.Module, spec, cfg: JobConfig, dims: ParallelDims, 
 
 
 def apply_converters(model: nn.Module, cfg: JobConfig, spec) -> None:
-    if not any(c in ("quantize.linear.float8", "float8") for c in cfg.model.converters):
+    if not uses_float8(cfg):
         return
     f8 = cfg.float8
     if not f8.emulate and not torch.cuda.is_available():  # the library's message names its argument, not our key
-        raise ConfigError("model.converters includes quantize.linear.float8, which needs a CUDA GPU (compute "
-                          "capability >= 8.9) and none is visible; add --quantize.linear.float8.emulate to test "
+        raise ConfigError("model.converters includes quantize.linear.float8, which needs a float8-capable CUDA "
+                          "GPU (e.g. H100) and none is visible; add --quantize.linear.float8.emulate to test "
                           "the conversion on CPU (slow, for checks only)")
     skip = [f for f in f8.filter_fqns if f != "auto_filter_small_kn"]
     tp_lib.apply_float8(model, recipe=f8.recipe_name or "tensorwise", skip=tuple(skip),

@@ -11,7 +11,7 @@ import titan_parallel as tp_lib
 import torch
 from titan_mesh import set_collective_timeout
 
-from titan_train.config import JobConfig
+from titan_train.config import JobConfig, uses_float8
 from titan_train.errors import ConfigError
 from titan_train.trainer import checkpointing, pipeline
 from titan_train.trainer.build_model import (
@@ -98,7 +98,7 @@ def _check_fsdp_options(cfg: JobConfig, plan) -> None:
     if uses_fsdp(plan.dims, torch.device(plan.device_type), cfg):
         return
     f8 = cfg.float8
-    float8 = any(c in ("quantize.linear.float8", "float8") for c in cfg.model.converters)
+    float8 = uses_float8(cfg)
     asked = [k for k, on in (("training.enable_cpu_offload", cfg.training.enable_cpu_offload),
                              ("quantize.linear.float8.enable_fsdp_float8_all_gather",
                               float8 and f8.enable_fsdp_float8_all_gather),
@@ -163,8 +163,7 @@ def build_run(cfg: JobConfig) -> Run:
             if stages is not None else None)
     after_step = None
     f8 = cfg.float8
-    if any(c in ("quantize.linear.float8", "float8") for c in cfg.model.converters) and \
-            f8.precompute_float8_dynamic_scale_for_fsdp:
+    if uses_float8(cfg) and f8.precompute_float8_dynamic_scale_for_fsdp:
         after_step = lambda: [tp_lib.precompute_float8_scales(p) for p in parts]  # noqa: E731
     runner = StepRunner(parts=parts, optimizers=optimizers, schedulers=schedulers, device=device,
                         accum_steps=layout.accum_steps, max_norm=cfg.training.max_norm, loss_fn=loss_fn,

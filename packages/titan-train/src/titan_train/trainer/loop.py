@@ -112,6 +112,13 @@ def train(run: Run) -> int:
     first_step = state.step + 1  # of this run (a resumed run's first step too)
     lowered = False
 
+    def restore_timeout() -> None:
+        """Back to the long collective timeout (final/SIGTERM saves may gather a whole model)."""
+        nonlocal lowered
+        if lowered and run.after_training is not None:
+            run.after_training()
+        lowered = False
+
     def emit(p: _Pending) -> None:
         loss, grad_norm = p.read(run)
         if p.record is not None:
@@ -167,24 +174,19 @@ def train(run: Run) -> int:
                 if stopping:
                     log.log_text(f"SIGTERM received: saving step {state.step} and exiting "
                                  "(a second SIGTERM stops at once)")
-                    if lowered and run.after_training is not None:
-                        run.after_training()  # a synchronous full save: the long timeout
-                        lowered = False
+                    restore_timeout()  # a synchronous full save follows
                     if run.ckpt is not None:
                         run.save(state.step, force=True)
                     break
                 if will_save:  # (forced: the interval, or enable_first_step_checkpoint at step 1)
                     run.save(state.step, force=True)
             else:
-                if lowered and run.after_training is not None:
-                    run.after_training()  # a final export may gather a whole model: the long timeout
-                    lowered = False
+                restore_timeout()  # a final export may gather a whole model
                 run.final_save(state.step)
     finally:
         stop.restore()
         gc.enable()
-        if lowered and run.after_training is not None:
-            run.after_training()
+        restore_timeout()
         if run.ckpt is not None:
             run.ckpt.wait()
     return state.step

@@ -12,7 +12,7 @@ import torch
 from titan_mesh import dist_mean, dist_reduce_tensor
 from torch import nn
 
-from titan_train.config import JobConfig
+from titan_train.config import JobConfig, uses_float8
 from titan_train.trainer.hardware import Peak
 from titan_train.trainer.metrics import MetricsLogger
 from titan_train.trainer.state import TrainState
@@ -56,7 +56,7 @@ class Run:
                                   "data_loading_pct": 100.0 * data_s / elapsed}
         tflops = tps * self.flops_per_token / 1e12
         record["tflops"] = tflops
-        fp8 = any(c in ("quantize.linear.float8", "float8") for c in self.cfg.model.converters)
+        fp8 = uses_float8(self.cfg)
         peak = self.peak.fp8 if fp8 and self.peak.fp8 else self.peak.bf16
         if peak:
             record["mfu"] = 100.0 * tflops * 1e12 / peak
