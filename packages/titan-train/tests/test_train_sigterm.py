@@ -7,9 +7,8 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 from titan_train.cli import main
-from titan_train.trainer.loop import Terminated, _StopFlag
+from titan_train.trainer.loop import _StopFlag
 
 ARGS = ["--training.steps", "200", "--training.seq_len", "32", "--training.local_batch_size", "2",
         "--metrics.log_freq", "1", "--metrics.enable_tensorboard", "false", "--checkpoint.enable",
@@ -68,16 +67,15 @@ def _signal_self() -> None:
     time.sleep(0.05)  # the Python-level handler runs on the main thread at the next bytecode
 
 
-def test_a_second_sigterm_does_not_wait_for_the_step():
+def test_repeated_sigterms_do_not_cut_a_save_short():
+    # Under SLURM (cgroup tracking) a worker gets SIGTERM from SLURM and again from torchrun.
     flag = _StopFlag(saves=True)
-    before = signal.getsignal(signal.SIGTERM)
     flag.install()
     try:
         flag.step = 7
         _signal_self()
-        assert flag.requested  # the first one only asks for a save at the end of the step
-        with pytest.raises(Terminated, match="a second SIGTERM: stopped during step 7"):
-            _signal_self()
-        assert signal.getsignal(signal.SIGTERM) is before
+        assert flag.requested  # asks for a save at the end of the step
+        _signal_self()         # raises nothing: the save still happens
+        assert flag.requested and flag.agreed()
     finally:
         flag.restore()

@@ -20,15 +20,17 @@ class TrainingDiverged(RuntimeError):
 
 
 class Terminated(Exception):
-    """SIGTERM that cannot wait for the step to end: a second one, or any when nothing is saved."""
+    """SIGTERM in a run that saves nothing: there is no reason to wait for the step to end."""
 
 
 class _StopFlag:
     """SIGTERM (preemption, scancel) asks for a save and a clean exit at the end of the step.
 
-    When the run saves nothing (checkpoint.enable off), or on a second SIGTERM, waiting for the
-    step to end has no purpose and may never end (a hung collective, a huge step), so the
-    handler raises Terminated at once; the CLI reports it and exits with 143 (128 + SIGTERM).
+    When the run saves nothing (checkpoint.enable off), waiting for the step to end has no
+    purpose and may never end (a hung collective, a huge step), so the handler raises Terminated
+    at once; the CLI reports it and exits with 143 (128 + SIGTERM). Repeated SIGTERMs of a run
+    that saves keep waiting for the save: under SLURM with cgroup process tracking each worker
+    gets the signal both from SLURM and from torchrun, and must not abort its preemption save.
     """
 
     def __init__(self, saves: bool = True) -> None:
@@ -39,10 +41,10 @@ class _StopFlag:
 
     def install(self) -> None:
         def handler(signum, frame):  # noqa: ARG001
-            if self.requested or not self.saves:
+            if not self.saves:
                 self.restore()
-                why = "a second SIGTERM" if self.requested else "SIGTERM with checkpoint.enable off (nothing to save)"
-                raise Terminated(f"{why}: stopped during step {self.step}, at once")
+                raise Terminated(f"SIGTERM with checkpoint.enable off (nothing to save): stopped during step "
+                                 f"{self.step}, at once")
             self.requested = True
         try:
             self._old = signal.signal(signal.SIGTERM, handler)
@@ -172,8 +174,7 @@ def train(run: Run) -> int:
                     run.after_first_step()
                     lowered = True
                 if stopping:
-                    log.log_text(f"SIGTERM received: saving step {state.step} and exiting "
-                                 "(a second SIGTERM stops at once)")
+                    log.log_text(f"SIGTERM received: saving step {state.step} and exiting")
                     restore_timeout()  # a synchronous full save follows
                     if run.ckpt is not None:
                         run.save(state.step, force=True)
