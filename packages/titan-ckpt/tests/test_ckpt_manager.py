@@ -82,7 +82,35 @@ def test_keep_latest_k_auto_resume_and_chosen_step(tmp_path):
     assert torch.equal(model2.output.weight, values[4])
     with pytest.raises(CheckpointError, match=r"step-3 is not a complete checkpoint; complete steps .*\[4, 5\]"):
         mgr.load(states2, step=3)
-    assert not mgr.save(6, states) or True
+    # interval 1: step 6 is saved, and keep_latest_k=2 then prunes step 4
+    assert mgr.save(6, states) and mgr.steps() == [5, 6]
+    assert sorted(os.listdir(tmp_path)) == ["step-5", "step-6"]
+    mgr.close()
+
+
+def test_auto_resume_prefers_the_training_state_over_newer_model_only_weights(tmp_path):
+    from titan_ckpt import checkpoint_info, list_checkpoints
+
+    model, opt, sched, loader, train, states = _setup()
+    mgr = CheckpointManager(tmp_path, interval=1)
+    mgr.save_model_only(0, model, dtype=None)  # a seed checkpoint is model-only
+    assert mgr.kind(0) == "model_only" and mgr.latest_step("full") is None
+    model2, *_, states2 = _setup(seed=3)
+    assert mgr.load(states2, exclude=("optimizer", "lr_scheduler", "dataloader", "train_state")) == 0
+    _advance(model, opt, sched, loader, train, 1)
+    mgr.save(1, states)
+    _advance(model, opt, sched, loader, train, 2)
+    mgr.save_model_only(2, model)  # newer weights alone, as an export in the same folder
+    assert mgr.steps() == [0, 1, 2] and mgr.steps("full") == [1] and mgr.steps("model_only") == [0, 2]
+    assert mgr.latest_step() == 2 and mgr.latest_step("full") == 1 and mgr.kind(2) == "model_only"
+    assert mgr.kind(7) is None
+    with pytest.raises(CheckpointError, match="kind 'partial' is not one of"):
+        mgr.latest_step("partial")
+    assert list_checkpoints(tmp_path, "full") == [1] and list_checkpoints(tmp_path / "nothing") == []
+    assert checkpoint_info(tmp_path / "step-2")["kind"] == "model_only" and checkpoint_info(tmp_path) is None
+    model3, *_, states3 = _setup(seed=5)
+    assert mgr.load(states3) == 1  # not step 2: that would lose the optimizer and the data position
+    assert states3["train_state"] == {"step": 1, "tokens": 16}
     mgr.close()
 
 

@@ -1,7 +1,7 @@
 """titan-ckpt: distributed, async, resharding checkpoints on torch DCP, with HF safetensors interop."""
 
 from .errors import CheckpointError
-from .manager import CheckpointManager, create_seed_checkpoint
+from .manager import CheckpointManager, checkpoint_info, create_seed_checkpoint, list_checkpoints
 from .states import ModelState, OptimizerState
 from .weights import load_model_weights
 
@@ -12,6 +12,8 @@ __all__ = [
     "CheckpointManager",
     "ModelState",
     "OptimizerState",
+    "checkpoint_info",
     "create_seed_checkpoint",
+    "list_checkpoints",
     "load_model_weights",
 ]

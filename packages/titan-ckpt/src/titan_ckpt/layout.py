@@ -87,15 +87,19 @@ def read_marker(path: Path, step: int | None = None) -> dict[str, Any]:
     return info
 
 
-def is_complete(folder: Path, step: int) -> bool:
+def complete_info(folder: Path, step: int) -> dict[str, Any] | None:
+    """The marker of `folder/step-<step>` if it is a complete checkpoint, else None."""
     path = step_dir(folder, step)
     if not (path.is_dir() and inside(folder, path)):
-        return False
+        return None
     try:
-        read_marker(path, step)
+        return read_marker(path, step)
     except CheckpointError:
-        return False
-    return True
+        return None
+
+
+def is_complete(folder: Path, step: int) -> bool:
+    return complete_info(folder, step) is not None
 
 
 def damaged(folder: Path) -> dict[int, str]:
@@ -114,15 +118,20 @@ def damaged(folder: Path) -> dict[int, str]:
     return found
 
 
-def scan(folder: Path) -> tuple[list[int], list[str]]:
-    """(complete steps ascending, names of other step-like folders) in `folder`."""
+def scan(folder: Path, kind: str | None = None) -> tuple[list[int], list[str]]:
+    """(complete steps ascending, names of other step-like folders) in `folder`. `kind`: only
+    complete checkpoints of that kind ("full" or "model_only"); None: any."""
+    if kind is not None and kind not in KINDS:
+        raise CheckpointError(f"kind {kind!r} is not one of {list(KINDS)} (or None for any)")
     if not folder.is_dir():
         return [], []
     complete, other = [], []
     for entry in os.listdir(folder):
         m = _STEP_RE.fullmatch(entry)
-        if m and is_complete(folder, int(m.group(1))):
-            complete.append(int(m.group(1)))
+        info = complete_info(folder, int(m.group(1))) if m else None
+        if info is not None:
+            if kind is None or info["kind"] == kind:
+                complete.append(int(m.group(1)))
         elif m or _TRANSIENT_RE.fullmatch(entry):
             other.append(entry)
     return sorted(complete), sorted(other)

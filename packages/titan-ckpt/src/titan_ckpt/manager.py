@@ -75,14 +75,20 @@ class CheckpointManager:
         """Whether `save(step, ...)` would write a checkpoint (without force)."""
         return self.enable and layout.check_step(step) % self.interval == 0
 
-    def latest_step(self) -> int | None:
-        """The newest complete step in the folder, or None."""
-        steps, _ = layout.scan(self.folder)
+    def latest_step(self, kind: str | None = None) -> int | None:
+        """The newest complete step in the folder, or None. `kind`: "full" (training state, what a
+        run resumes from) or "model_only" (seed checkpoints, exports) only; None: either."""
+        steps, _ = layout.scan(self.folder, kind)
         return steps[-1] if steps else None
 
-    def steps(self) -> list[int]:
-        """All complete steps in the folder, ascending."""
-        return layout.scan(self.folder)[0]
+    def steps(self, kind: str | None = None) -> list[int]:
+        """All complete steps in the folder, ascending (of one kind, as in latest_step)."""
+        return layout.scan(self.folder, kind)[0]
+
+    def kind(self, step: int) -> str | None:
+        """"full" or "model_only" for a complete step, None when `step` is not complete."""
+        info = layout.complete_info(self.folder, layout.check_step(step))
+        return None if info is None else info["kind"]
 
     # ---------------------------------------------------------------- saving
     def save(self, step: int, states: Mapping[str, Any], *, force: bool = False) -> bool:
@@ -178,7 +184,8 @@ class CheckpointManager:
     # ---------------------------------------------------------------- loading
     def load(self, states: Mapping[str, Any], *, step: int | None = None,
              exclude: Sequence[str] = ()) -> int | None:
-        """Restore `states` (in place) from `step` or, if None, the newest complete checkpoint.
+        """Restore `states` (in place) from `step` or, if None, the newest complete full checkpoint
+        (the newest model-only one when the folder holds no full checkpoint, e.g. a seed).
 
         Returns the step loaded, or None when there is no complete checkpoint (and step is
         None). States named in `exclude` keep their current values. A model-only checkpoint
@@ -241,14 +248,18 @@ class CheckpointManager:
         complete, other = layout.scan(self.folder)
         bad = layout.damaged(self.folder)
         if step is None:
-            newer = [s for s in bad if not complete or s > complete[-1]]
+            # A training state wins over newer model-only weights (an export, a seed): resuming
+            # from weights alone would silently restart the optimizer, schedule and data order.
+            full = layout.scan(self.folder, "full")[0]
+            chosen = full[-1] if full else (complete[-1] if complete else None)
+            newer = [s for s in bad if chosen is None or s > chosen]
             if newer:  # never fall back to an older step silently: that would discard progress
                 s = max(newer)
                 raise CheckpointError(
                     f"{bad[s]}; the newest checkpoint {layout.step_dir(self.folder, s)} is damaged, so resuming "
-                    f"would silently go back to {f'step {complete[-1]}' if complete else 'the start'}: repair "
-                    "or move that folder away (or load a step explicitly)")
-            return complete[-1] if complete else None
+                    f"would silently go back to {f'step {chosen}' if chosen is not None else 'the start'}: "
+                    "repair or move that folder away (or load a step explicitly)")
+            return chosen
         if step in bad:
             raise CheckpointError(bad[step])
         if step not in complete:
@@ -304,6 +315,26 @@ class CheckpointManager:
         doomed = [s for s in complete[:-self.keep_latest_k] if s != keep]
         for s in doomed:
             layout.remove_dir(layout.step_dir(self.folder, s), self._run_id)
+
+
+def list_checkpoints(folder: str | os.PathLike, kind: str | None = None) -> list[int]:
+    """The complete steps in `folder`, ascending (only `kind`: "full" or "model_only", if given).
+
+    Reads the completion markers only: needs no process group and changes nothing, so a launcher
+    can ask before any work starts (e.g. whether a job already reached its last step)."""
+    return layout.scan(Path(folder), kind)[0]
+
+
+def checkpoint_info(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The completion marker of the checkpoint at `path` (step, kind, states, world_size, dtype,
+    torch version, time), or None when `path` is not a complete titan-ckpt checkpoint."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    try:
+        return layout.read_marker(path)
+    except CheckpointError:
+        return None
 
 
 def create_seed_checkpoint(folder: str | os.PathLike,

@@ -50,17 +50,23 @@ def _seed_checkpoint(cfg: JobConfig) -> None:
 
 def run_job(cfg: JobConfig) -> int:
     from titan_train.trainer.build_run import build_run
-    from titan_train.trainer.checkpointing import attach  # noqa: F401  (import errors surface early)
+    from titan_train.trainer.checkpointing import finished, plan_resume
     from titan_train.trainer.loop import train
     from titan_train.trainer.profiling import configure_flight_recorder
 
+    resume = plan_resume(cfg)
+    done = finished(cfg, resume)
+    if done is not None:  # a finished job resubmitted: nothing to build
+        if os.environ.get("RANK", "0") == "0":
+            print(f"titan-train: {done}", flush=True)
+        return 0
     configure_flight_recorder(cfg)
-    run = build_run(cfg)
+    run = build_run(cfg, resume)
     try:
         step = train(run)
+        run.metrics.log_text(f"done: step {step} of {cfg.training.steps}")
     finally:
-        run.metrics.close()
-    run.metrics.log_text(f"done: step {step} of {cfg.training.steps}")
+        run.close()
     return 0
 
 

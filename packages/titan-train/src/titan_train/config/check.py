@@ -106,6 +106,11 @@ def _check_combinations(c: JobConfig) -> None:
     if t.stop_at_step >= 0 and not c.checkpoint.enable:
         raise ConfigError(f"training.stop_at_step = {t.stop_at_step} ends the run early so that a later one "
                           "resumes, which needs checkpoint.enable = true")
+    ck = c.checkpoint
+    if ck.initial_load_in_hf and not (ck.initial_load_path or c.model.hf_assets_path):
+        raise ConfigError("checkpoint.initial_load_in_hf = true needs the folder holding the Hugging Face "
+                          "safetensors: set checkpoint.initial_load_path, or model.hf_assets_path (used when "
+                          "initial_load_path is unset, as in torchtitan)")
     if t.deterministic and t.seed is None:
         raise ConfigError("training.deterministic = true needs training.seed (else every run draws its own seed)")
     if p.enable_async_tensor_parallel and (p.tensor_parallel_degree < 2 or not c.compile.enable):

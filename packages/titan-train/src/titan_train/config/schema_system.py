@@ -76,12 +76,16 @@ class Checkpoint:
     load_step: int = opt(-1, "load this step instead of the newest (-1 = newest)")
     exclude_from_loading: list[str] = opt([], "parts not to load: model, optimizer, lr_scheduler, dataloader, train_state")
     initial_load_path: str | None = opt(None, "checkpoint folder to start from when dump_folder has none")
-    initial_load_in_hf: bool = opt(False, "initial_load_path holds Hugging Face safetensors")
+    initial_load_in_hf: bool = opt(False, "initial_load_path (or, when unset, model.hf_assets_path) holds Hugging "
+                                          "Face safetensors")
     initial_load_model_only: bool = opt(True, "load only the model from initial_load_path")
-    last_save_model_only: bool = opt(True, "the final save holds only the model (in export_dtype)")
+    last_save_model_only: bool = opt(True, "after the last step, also write the model's weights alone (in "
+                                            "export_dtype) to <dump_folder>/export/step-N; the full last checkpoint "
+                                            "stays, so the run can be extended")
     last_save_in_hf: bool = opt(False, "also export the final weights as Hugging Face safetensors + config.json "
                                        "to <dump_folder>/hf/step-N (even with checkpoint.enable off)")
-    export_dtype: str = opt("float32", "dtype of the model-only final save", choices=("float32", "bfloat16", "float16"))
+    export_dtype: str = opt("float32", "dtype of the final exports (export/ and hf/)",
+                            choices=("float32", "bfloat16", "float16"))
     create_seed_checkpoint: bool = opt(False, "write step-0 weights on one process, then exit")
     enable_first_step_checkpoint: bool = opt(False, "also save right after step 1")
 

@@ -74,7 +74,7 @@ def _optimizers(cfg: JobConfig, parts):
     sched = ScheduleSettings(cfg.training.steps, cfg.lr_scheduler.warmup_steps, cfg.lr_scheduler.decay_ratio,
                              cfg.lr_scheduler.decay_type, cfg.lr_scheduler.min_lr_factor)
     optimizers = [build_optimizer(part, settings) for part in parts]
-    return optimizers, [build_lr_scheduler(opt, sched) for opt in optimizers]
+    return optimizers, [build_lr_scheduler(opt, sched) for opt in optimizers], sched
 
 
 def _configure_cuda_allocator(conf: str) -> None:
@@ -110,7 +110,10 @@ def _check_fsdp_options(cfg: JobConfig, plan) -> None:
                           "bf16 copy on one GPU); turn it off or shard the model")
 
 
-def build_run(cfg: JobConfig) -> Run:
+def build_run(cfg: JobConfig, resume: checkpointing.Resume | None = None) -> Run:
+    """Build everything for `cfg`; `resume` (from checkpointing.plan_resume) says what to load."""
+    if resume is None:
+        resume = checkpointing.plan_resume(cfg)
     _configure_cuda_allocator(cfg.training.cuda_alloc_conf)
     check_dump_folder(cfg.job.dump_folder)
     if cfg.checkpoint.enable:  # an absolute checkpoint.folder may lie outside the dump folder
@@ -152,7 +155,7 @@ def build_run(cfg: JobConfig) -> Run:
         tp_lib.init_weights(part, device="cpu" if cfg.training.enable_cpu_offload else device)
         part.train()
 
-    optimizers, schedulers = _optimizers(cfg, parts)
+    optimizers, schedulers, schedule = _optimizers(cfg, parts)
     loss_fn = cross_entropy_loss
     if cfg.compile.enable and "loss" in cfg.compile.components:
         loss_fn = torch.compile(cross_entropy_loss, backend=cfg.compile.backend)
@@ -183,14 +186,16 @@ def build_run(cfg: JobConfig) -> Run:
               schedulers=schedulers, loader=loader, step_runner=runner, metrics=metrics, state=TrainState(),
               loss_mesh=loss_mesh, pp_mesh=pp_mesh, tokens_per_step=layout.global_batch * cfg.training.seq_len,
               flops_per_token=args.num_flops_per_token(cfg.training.seq_len), peak=device_peak(device),
-              validator=validator, profiler=make_profiler(cfg, layout.info.rank, device))
+              validator=validator, profiler=make_profiler(cfg, layout.info.rank, device), schedule=schedule)
     if layout.info.world_size > 1:  # the init timeout covers set-up and the first step
         run.after_first_step = lambda: set_collective_timeout(cfg.comm.train_timeout_seconds,
                                                               dims.process_groups())
         run.after_training = lambda: set_collective_timeout(cfg.comm.init_timeout_seconds,
                                                             dims.process_groups(), barrier=False)
-    checkpointing.attach(run, layout, spec, args)
     run.metrics.log_text(_banner(run, layout, args))
+    for note in schedule.notes():
+        run.metrics.log_text(note)
+    checkpointing.attach(run, layout, spec, args, resume)
     return run
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from titan_train.trainer.checkpointing import last_step
 from titan_train.trainer.hardware import memory_stats, reset_peak_memory
 from titan_train.trainer.run import Run
 
@@ -38,11 +39,12 @@ class _StopFlag:
         self.saves = saves
         self.step = 0            # the step in progress, for the message
         self._old = None
+        self._vote = None        # (work, tensor) of the all-reduce started at the previous step
 
     def install(self) -> None:
         def handler(signum, frame):  # noqa: ARG001
             if not self.saves:
-                self.restore()
+                self._uninstall()
                 raise Terminated(f"SIGTERM with checkpoint.enable off (nothing to save): stopped during step "
                                  f"{self.step}, at once")
             self.requested = True
@@ -53,15 +55,36 @@ class _StopFlag:
             print("titan-train: not on the main thread, so SIGTERM cannot be caught: a preempted run "
                   "will not save on its way out", flush=True)
 
-    def agreed(self) -> bool:
-        """True on every rank when any rank got the signal (a CPU all-reduce: no GPU sync)."""
+    def poll(self) -> bool:
+        """Whether every rank stops after this step: the same answer on all of them.
+
+        One process: the flag itself. Several: each step starts a CPU all-reduce of the flags (MAX)
+        without waiting for it and reads the one the previous step started, which finished during
+        this step; so no rank waits here for the others, at any scale, and a SIGTERM that reaches
+        any rank stops all of them, at the same step, one step later.
+        """
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return self.requested
-        flag = torch.tensor([1.0 if self.requested else 0.0])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        stop = self._read_vote()
+        flag = torch.tensor([1 if self.requested else 0], dtype=torch.int32)
+        self._vote = (dist.all_reduce(flag, op=dist.ReduceOp.MAX, async_op=True), flag)
+        return stop
+
+    def _read_vote(self) -> bool:
+        if self._vote is None:
+            return False
+        work, flag = self._vote
+        self._vote = None
+        work.wait()
         return bool(flag.item())
 
     def restore(self) -> None:
+        """Uninstall the handler; a vote still in flight is waited for (its collective must finish)."""
+        if self._vote is not None and dist.is_available() and dist.is_initialized():
+            self._read_vote()
+        self._uninstall()
+
+    def _uninstall(self) -> None:
         if self._old is not None:
             signal.signal(signal.SIGTERM, self._old)
             self._old = None
@@ -106,8 +129,7 @@ def train(run: Run) -> int:
     stop.install()
     gc.disable()  # collected every training.gc_freq steps instead, at the same step on every rank
     gc.collect(1)
-    last_step = cfg.training.steps if cfg.training.stop_at_step < 0 else min(cfg.training.steps,
-                                                                              cfg.training.stop_at_step)
+    end = last_step(cfg)
     data = iter(run.loader)
     window_start, window_steps, window_tokens, window_data_s = time.perf_counter(), 0, 0, 0.0
     pending: _Pending | None = None
@@ -125,12 +147,12 @@ def train(run: Run) -> int:
         loss, grad_norm = p.read(run)
         if p.record is not None:
             p.record.update(loss=loss, grad_norm=grad_norm)
-            log.log(p.record, steps_total=last_step, step_time_s=p.step_time_s)
+            log.log(p.record, steps_total=end, step_time_s=p.step_time_s)
 
     reset_peak_memory(run.device)
     try:
         with run.profiler() as prof:
-            while state.step < last_step:
+            while state.step < end:
                 state.step += 1
                 stop.step = state.step
                 if state.step % cfg.training.gc_freq == 0:
@@ -144,11 +166,12 @@ def train(run: Run) -> int:
                 if pending is not None:  # the previous step, now that this one is queued
                     emit(pending)
                     pending = None
-                is_log = state.step == 1 or state.step % cfg.metrics.log_freq == 0 or state.step == last_step
-                will_save = run.ckpt is not None and (run.ckpt.should_save(state.step) or (
+                is_log = state.step == 1 or state.step % cfg.metrics.log_freq == 0 or state.step == end
+                # the run's last step (training.steps or stop_at_step) is always saved in full, once
+                will_save = run.ckpt is not None and (run.ckpt.should_save(state.step) or state.step == end or (
                     state.step == 1 and cfg.checkpoint.enable_first_step_checkpoint))
                 validate = run.validate_now(state.step)
-                stopping = stop.agreed()
+                stopping = stop.poll()
                 record = None
                 if is_log:
                     elapsed = time.perf_counter() - window_start
@@ -167,7 +190,7 @@ def train(run: Run) -> int:
                         record["validation_loss"] = val
                     else:
                         log.log_text(f"step {state.step}: validation loss {val:.4f}")
-                if will_save or validate or stopping or state.step == last_step or state.step == 1:
+                if will_save or validate or stopping or state.step == end or state.step == 1:
                     emit(pending)  # checked before anything is saved; step 1 shows up at once
                     pending = None
                 if state.step == first_step and run.after_first_step is not None:
@@ -179,11 +202,12 @@ def train(run: Run) -> int:
                     if run.ckpt is not None:
                         run.save(state.step, force=True)
                     break
-                if will_save:  # (forced: the interval, or enable_first_step_checkpoint at step 1)
+                if will_save:  # (forced: the last step, or enable_first_step_checkpoint at step 1)
                     run.save(state.step, force=True)
             else:
-                restore_timeout()  # a final export may gather a whole model
-                run.final_save(state.step)
+                if state.step == cfg.training.steps and run.export is not None:
+                    restore_timeout()  # a final export may gather a whole model
+                    run.export(state.step)
     finally:
         stop.restore()
         gc.enable()

@@ -66,22 +66,46 @@ class ScheduleSettings:
     decay_type: str = "linear"
     min_lr_factor: float = 0.0
 
+    def phases(self) -> tuple[int, int, int]:
+        """(warm-up, stable, decay) step counts, as torchtitan v0.2 computes them: warm-up is capped
+        at `steps`, decay (decay_ratio of the steps) is cut to what warm-up leaves, and the stable
+        phase holds one virtual step past the end, so the last step never trains at the minimum."""
+        warmup = min(self.warmup_steps, self.steps)
+        if self.decay_ratio is None:
+            decay = self.steps - warmup
+        else:
+            decay = min(round(self.steps * self.decay_ratio), self.steps - warmup)
+        return warmup, self.steps + 1 - warmup - decay, decay
+
+    def notes(self) -> list[str]:
+        """One line per setting the schedule had to adjust (printed at start-up)."""
+        out = []
+        warmup, _, decay = self.phases()
+        if self.warmup_steps > self.steps:
+            out.append(f"lr_scheduler.warmup_steps = {self.warmup_steps} exceeds training.steps = {self.steps}: "
+                       f"warm-up is capped at {self.steps} steps")
+        if self.decay_ratio is not None and decay < round(self.steps * self.decay_ratio):
+            out.append(f"lr_scheduler.decay_ratio = {self.decay_ratio} asks for {round(self.steps * self.decay_ratio)} "
+                       f"decay steps, but warm-up takes {warmup} of the {self.steps}: decay is cut to {decay} steps "
+                       "(no stable phase)")
+        return out
+
 
 def lr_factor(step: int, s: ScheduleSettings) -> float:
-    """LR multiplier for optimizer step `step` (1-based): warm-up, optional stable phase, decay.
+    """LR multiplier for optimizer step `step` (1-based): linear warm-up, a stable phase, decay.
 
-    Warm-up starts above zero so step 1 already learns; with decay_ratio (WSD) the LR stays at peak
-    until the last decay_ratio share of steps.
+    torchtitan v0.2's schedule, step for step: with W warm-up steps step k <= W trains at k / W
+    (the peak at step W); then the peak until the decay starts (right after warm-up unless
+    decay_ratio sets a shorter WSD decay); then linear / sqrt / cosine decay toward
+    lr * min_lr_factor, which a virtual step after the last one would reach.
     """
-    warmup = min(s.warmup_steps, s.steps)
-    if step <= warmup:
-        return step / (warmup + 1)
-    decay_steps = s.steps - warmup if s.decay_ratio is None else round(s.steps * s.decay_ratio)
-    decay_start = s.steps - decay_steps
-    if step <= decay_start or decay_steps <= 0:
+    warmup, stable, decay = s.phases()
+    c = step - 1  # torchtitan counts from 0
+    if c < warmup:
+        return (c + 1) / warmup
+    if c < warmup + stable or decay <= 0:
         return 1.0
-    # the first decay step still trains at the peak; the last one reaches the minimum
-    progress = min(1.0, (step - decay_start - 1) / max(1, decay_steps - 1))
+    progress = min(1.0, (c + 1 - warmup - stable) / decay)
     if s.decay_type == "linear":
         shape = 1.0 - progress
     elif s.decay_type == "sqrt":

@@ -38,7 +38,8 @@ class Run:
     pp_mesh: Any = None
     ckpt: Any = None                     # titan_ckpt.CheckpointManager, or None
     states: dict = field(default_factory=dict)
-    export: Callable[[int], None] | None = None
+    export: Callable[[int], None] | None = None  # the final weights (export/, hf/), after the last step
+    schedule: Any = None                 # the LR schedule's ScheduleSettings
     validator: Callable[[], float] | None = None
     profiler: Callable[[], Any] = contextlib.nullcontext
     after_first_step: Callable[[], None] | None = None   # e.g. lower the collective timeout
@@ -90,14 +91,14 @@ class Run:
     def save(self, step: int, *, force: bool = False) -> None:
         self.ckpt.save(step, self.states, force=force)
 
-    def final_save(self, step: int) -> None:
-        """At the configured end: the model-only / HF export; when stopping early: a full save."""
-        if step < self.cfg.training.steps:
+    def close(self) -> None:
+        """Finish pending saves and release what the run holds: the checkpoint manager's threads,
+        buffers, writer process and process group, and the metric writers."""
+        try:
             if self.ckpt is not None:
-                self.save(step, force=True)
-            return
-        if self.export is not None:
-            self.export(step)
+                self.ckpt.close()
+        finally:
+            self.metrics.close()
 
 
 def make_validator(cfg: JobConfig, build_loader: Callable[[], Any], model: nn.Module, loss_fn: Callable,

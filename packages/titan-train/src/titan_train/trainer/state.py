@@ -22,21 +22,41 @@ class TrainState:
 
 
 class SchedulersState:
-    """All model parts' LR schedulers advance together: one state serves every pipeline layout."""
+    """All model parts' LR schedulers advance together: one state serves every pipeline layout.
 
-    def __init__(self, schedulers: list) -> None:
+    Only the position (steps taken) comes from a checkpoint. The schedule itself (peak LR, steps,
+    warm-up, decay) is the one configured now, so a run extended with a larger training.steps
+    continues on its new schedule from the next step on, not on the old one's tail. `settings`
+    (the schedule's settings, saved beside the position) lets the trainer say what changed.
+    """
+
+    def __init__(self, schedulers: list, settings: dict[str, Any] | None = None) -> None:
         self.schedulers = schedulers
+        self.settings = dict(settings or {})
+        self.loaded_settings: dict[str, Any] | None = None  # the checkpoint's, after a load
 
     def state_dict(self) -> dict[str, Any]:
         sd = dict(self.schedulers[0].state_dict())
         sd.pop("lr_lambdas", None)  # lambdas are rebuilt from the config
+        sd["settings"] = dict(self.settings)
         return sd
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.loaded_settings = sd.get("settings")  # None in checkpoints of earlier versions
         for sched in self.schedulers:
-            merged = dict(sched.state_dict())
-            merged.update({k: v for k, v in sd.items() if k != "lr_lambdas"})
-            sched.load_state_dict(merged)
+            sched.last_epoch = int(sd["last_epoch"])
+            sched._step_count = int(sd.get("_step_count", sched.last_epoch + 1))
+            resync_lr(sched)
+
+
+def resync_lr(sched) -> None:
+    """Set the optimizer's LRs to what `sched`'s schedule gives at its position. Loading an optimizer
+    state restores the LRs of the schedule it was saved under; they must follow the current one."""
+    factors = [fn(sched.last_epoch) for fn in sched.lr_lambdas]
+    for group, base, factor in zip(sched.optimizer.param_groups, sched.base_lrs, factors):
+        group["initial_lr"] = base
+        group["lr"] = base * factor
+    sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
 
 
 class LoaderState:
