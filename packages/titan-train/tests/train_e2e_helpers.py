@@ -12,13 +12,30 @@ BASE = ["--training.seq_len", "32", "--training.local_batch_size", "2", "--train
         "--parallelism.data_parallel_shard_degree", "-1"]
 
 
+def held() -> tuple:
+    """What a process holds that a finished run must give back: threads, child processes, groups."""
+    import multiprocessing
+    import threading
+
+    from torch.distributed import distributed_c10d
+
+    return (sorted(t.name for t in threading.enumerate()), len(multiprocessing.active_children()),
+            len(distributed_c10d._world.pg_map))
+
+
 def train(out: str, *extra: str) -> list[dict]:
-    """Run titan-train with BASE + extra into `out`; return the metrics records (rank 0)."""
+    """Run titan-train with BASE + extra into `out`; return the metrics records (rank 0). The run
+    must leave nothing behind (threads, processes, process groups): asserted on every rank."""
     import torch.distributed as dist
     from titan_train.cli import main
 
+    before = held()
     code = main([*BASE, "--job.dump_folder", out, *extra])
     assert code == 0, f"titan-train exited with {code}"
+    after = held()
+    new_threads = sorted(set(after[0]) - set(before[0]))
+    assert not new_threads and after[1] <= before[1] and after[2] <= before[2], \
+        f"the run left behind: {after} (before it: {before})"
     path = Path(out) / "metrics.jsonl"
     if dist.is_initialized() and dist.get_rank() != 0:
         return []

@@ -176,6 +176,23 @@ class ParallelDims:
                     groups.append(group)
         return groups
 
+    def destroy_groups(self) -> None:
+        """Destroy the process groups build_mesh created (not the default group) and forget the
+        meshes: a program that trains several times under one default group (a notebook, a test
+        harness) must not collect groups, and their sockets and threads, run after run."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            self._meshes = {}
+            return
+        world = dist.distributed_c10d._get_default_group()
+        for group in self.process_groups():
+            if group is not world and group in dist.distributed_c10d._world.pg_map:
+                dist.destroy_process_group(group)
+        self._meshes = {}
+        _forget_cached_meshes()
+
+
     def fsdp_mesh(self) -> DeviceMesh | None:
         """The mesh FSDP shards over: `dp_shard_cp`, or 2-D (`dp_replicate`, `dp_shard_cp`) for HSDP;
         None when there is nothing to shard or replicate over (see also `dp_replicate` alone: DDP)."""
@@ -196,3 +213,21 @@ def get_submesh(mesh: DeviceMesh | None, name: str) -> DeviceMesh | None:
     if mesh is None or name not in (mesh.mesh_dim_names or ()):
         return None
     return mesh[name]
+
+
+def _forget_cached_meshes() -> None:
+    """DTensor caches sharding decisions keyed by mesh *equality*: a later mesh of the same shape
+    would be handed results holding the destroyed meshes' group names. Clear those caches (torch's
+    debug helpers; each is looked up, as they are private and move between releases)."""
+    try:
+        from torch.distributed.tensor import debug
+        from torch.distributed.tensor import _redistribute
+    except ImportError:  # pragma: no cover - DTensor absent
+        return
+    clear = getattr(debug, "_clear_sharding_prop_cache", None) or getattr(
+        debug, "_clear_python_sharding_prop_cache", None)
+    if clear is not None:
+        clear()
+    plans = getattr(_redistribute, "_gen_transform_infos", None)
+    if hasattr(plans, "cache_clear"):
+        plans.cache_clear()

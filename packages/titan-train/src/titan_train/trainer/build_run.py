@@ -186,7 +186,8 @@ def build_run(cfg: JobConfig, resume: checkpointing.Resume | None = None) -> Run
               schedulers=schedulers, loader=loader, step_runner=runner, metrics=metrics, state=TrainState(),
               loss_mesh=loss_mesh, pp_mesh=pp_mesh, tokens_per_step=layout.global_batch * cfg.training.seq_len,
               flops_per_token=args.num_flops_per_token(cfg.training.seq_len), peak=device_peak(device),
-              validator=validator, profiler=make_profiler(cfg, layout.info.rank, device), schedule=schedule)
+              validator=validator, profiler=make_profiler(cfg, layout.info.rank, device), schedule=schedule,
+              dims=dims)
     if layout.info.world_size > 1:  # the init timeout covers set-up and the first step
         run.after_first_step = lambda: set_collective_timeout(cfg.comm.train_timeout_seconds,
                                                               dims.process_groups())

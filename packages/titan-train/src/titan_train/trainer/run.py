@@ -40,6 +40,7 @@ class Run:
     states: dict = field(default_factory=dict)
     export: Callable[[int], None] | None = None  # the final weights (export/, hf/), after the last step
     schedule: Any = None                 # the LR schedule's ScheduleSettings
+    dims: Any = None                     # titan_mesh.ParallelDims: close() destroys its groups
     validator: Callable[[], float] | None = None
     profiler: Callable[[], Any] = contextlib.nullcontext
     after_first_step: Callable[[], None] | None = None   # e.g. lower the collective timeout
@@ -93,12 +94,14 @@ class Run:
 
     def close(self) -> None:
         """Finish pending saves and release what the run holds: the checkpoint manager's threads,
-        buffers, writer process and process group, and the metric writers."""
+        buffers, writer process and process group, the metric writers, the mesh's process groups."""
         try:
             if self.ckpt is not None:
                 self.ckpt.close()
         finally:
             self.metrics.close()
+            if self.dims is not None:
+                self.dims.destroy_groups()
 
 
 def make_validator(cfg: JobConfig, build_loader: Callable[[], Any], model: nn.Module, loss_fn: Callable,
