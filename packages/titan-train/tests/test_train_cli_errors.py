@@ -54,6 +54,22 @@ def test_degrees_must_match_world_size(capsys, monkeypatch, tmp_path):
     assert "world" in err and "3" in err
 
 
+@pytest.mark.parametrize("world, argv, expected", [
+    (2, ["--parallelism.context_parallel_degree", "2", "--model.attn_backend", "flex"],
+     "ring attention patches SDPA only"),
+    (4, ["--parallelism.context_parallel_degree", "2", "--parallelism.pipeline_parallel_degree", "2"],
+     "context_parallel_method = 'ulysses' combines with pipeline parallel"),
+    (2, ["--parallelism.data_parallel_replicate_degree", "2", "--parallelism.data_parallel_shard_degree", "1",
+         "--parallelism.fsdp_reshard_after_forward", "never"], "fsdp_reshard_after_forward = 'never'"),
+    (2, ["--parallelism.data_parallel_replicate_degree", "2", "--parallelism.data_parallel_shard_degree", "1",
+         "--training.mixed_precision_reduce", "bfloat16"], "training.mixed_precision_reduce = 'bfloat16'"),
+])
+def test_layouts_that_would_compute_something_else_are_refused(capsys, monkeypatch, tmp_path, world, argv, expected):
+    err = _fail(capsys, [*argv, "--job.dump_folder", str(tmp_path)], monkeypatch,
+                {"WORLD_SIZE": str(world), "RANK": "0", "LOCAL_RANK": "0"})
+    assert expected in err
+
+
 def test_tp_must_divide_heads(capsys, monkeypatch, tmp_path):
     # debugmodel: 16 heads; checked before any process group exists
     err = _fail(capsys, ["--parallelism.tensor_parallel_degree", "3", "--parallelism.data_parallel_shard_degree",

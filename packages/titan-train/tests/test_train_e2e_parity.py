@@ -1,7 +1,7 @@
 """The same global batch gives the same loss and grad norm at every step in every layout.
 
 One process (4 micro-batches per step) is the reference; FSDP 2, DDP 2, TP 2 and PP 2 run on two
-ranks, HSDP 2x2 and FSDP x TP 2x2 on four. fp32 on CPU; relative gap < 1e-3 (observed ~1e-6).
+ranks, HSDP 2x2, FSDP x TP 2x2 and PP 2 x CP 2 (Ulysses) on four. fp32 on CPU; relative gap < 1e-3 (observed ~1e-6).
 """
 
 import pytest
@@ -18,11 +18,30 @@ LAYOUTS_2 = {
 LAYOUTS_4 = {
     "hsdp2x2": ["--parallelism.data_parallel_replicate_degree", "2"],
     "fsdp2_tp2": ["--parallelism.tensor_parallel_degree", "2"],
+    # the pipeline schedule runs inside the context-parallel context: each stage sees half the sequence
+    "pp2_cp2_ulysses": ["--parallelism.pipeline_parallel_degree", "2", "--parallelism.context_parallel_degree", "2",
+                        "--parallelism.context_parallel_method", "ulysses"],
 }
 
 
 def _run(out: str, extra: list[str]) -> list[dict]:
-    return train(out, *STEPS, *extra)
+    if "--parallelism.context_parallel_degree" not in extra:
+        return train(out, *STEPS, *extra)
+    from titan_parallel.context import ulysses
+
+    seen, real = [], ulysses.seq_to_heads
+
+    def recording(x, cp, group, **kw):  # attention's q, k, v on entry: [batch, heads, seq / cp, head_dim]
+        seen.append(x.shape[2])
+        return real(x, cp, group, **kw)
+
+    ulysses.seq_to_heads = recording
+    try:
+        records = train(out, *STEPS, *extra)
+    finally:
+        ulysses.seq_to_heads = real
+    assert seen and set(seen) == {16}, f"attention saw sequence lengths {sorted(set(seen))}, not 32 / cp = 16"
+    return records
 
 
 @pytest.fixture(scope="module")

@@ -115,6 +115,13 @@ def test_layers_per_stage_gives_stages_of_exactly_that_many_blocks():
     assert stages[0][0] == "tok_embeddings" and stages[-1][-2:] == ["norm", "output"]
     with pytest.raises(ConfigError, match="cuts 16 layers into 3 stages, which the pipeline degree 2"):
         layers_per_stage_split(order, 6, 2)
+    # a family's allowed cut points (ModelSpec.pipeline_split_points) are enforced
+    from titan_train.trainer.pipeline import check_cuts
+
+    check_cuts(stages, [f"layers.{i}" for i in range(1, 16)])
+    check_cuts(stages, None)
+    with pytest.raises(ConfigError, match=r"stages would begin at \['layers.10'\].*layers.5 .. layers.15"):
+        check_cuts(stages, ["layers.5", "layers.15"])
     # the estimator places the same stages: 8B (32 layers), 4 per stage, pp 4 -> 2 stages per rank
     extra = ("--parallelism.pipeline_parallel_degree", "4", "--training.local_batch_size", "8",
              "--parallelism.pipeline_parallel_schedule", "Interleaved1F1B",

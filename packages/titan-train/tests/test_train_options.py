@@ -47,3 +47,15 @@ def test_initial_load_restores_every_part_but_the_excluded_ones(tmp_path):
                  "train_state,lr_scheduler,dataloader", "--job.dump_folder", str(fresh)]) == 0
     runs = _metrics(fresh)
     assert [r["step"] for r in runs] == [1, 2] and runs[0]["loss"] < _metrics(first)[0]["loss"] - 0.05
+
+
+def test_model_family_float8_skip_joins_the_configured_filter():
+    import dataclasses
+
+    from titan_models import get_model_spec
+    from titan_train.config import build_config
+    from titan_train.trainer.build_model import float8_skip
+
+    spec = dataclasses.replace(get_model_spec("llama3"), float8_skip=("attention.wk", "output"))
+    cfg = build_config(["--quantize.linear.float8.filter_fqns", "output,auto_filter_small_kn"])
+    assert float8_skip(cfg, spec) == ("output", "auto_filter_small_kn", "attention.wk")

@@ -23,7 +23,8 @@ class ModelSpec:
     args_from_hf_config(config_dict, **overrides) -> args.
     pipeline_split_points(args) -> block FQNs at which a new pipeline stage may start.
     blocks: attribute holding the repeated blocks (units of FSDP, activation checkpointing and
-        compile); float8_skip: module FQNs that must stay in high precision.
+        compile); float8_skip: name substrings of linears that must stay in high precision
+        whatever the user's float8 settings (e.g. a MoE router); the output layer is the user's choice.
     """
 
     name: str
@@ -36,7 +37,7 @@ class ModelSpec:
     pipeline_split_points: Callable[[Any], list[str]]
     override: Callable[..., Any]  # (args, overrides: dict, where=str) -> args
     blocks: str = "layers"
-    float8_skip: tuple[str, ...] = ("output",)
+    float8_skip: tuple[str, ...] = ()
 
     def args_for(self, flavor: str, **overrides: Any) -> Any:
         """The flavor's args with fields replaced, validated (unknown flavor or field: error)."""

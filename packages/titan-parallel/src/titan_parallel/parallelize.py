@@ -79,6 +79,7 @@ def parallelize(
     tp_mesh: DeviceMesh | None = None,
     tp_plan: Mapping[str, ParallelStyle] | None = None,
     async_tp: bool = False,
+    float8_collectives: bool | None = None,
     ac: ACOptions | None = None,
     compile: CompileOptions | bool = False,
     dp_mesh: DeviceMesh | None = None,
@@ -88,7 +89,8 @@ def parallelize(
     """Apply what is asked, in the documented order, to a model (usually on the meta device).
 
     units: the repeated blocks (FSDP units, AC and compile targets); None finds them. float8:
-    convert linears first. tp_mesh + tp_plan: tensor parallel (async_tp needs compile and CUDA).
+    convert linears first. tp_mesh + tp_plan: tensor parallel (async_tp needs compile and CUDA;
+    float8_collectives: float8 all-gathers for tensorwise float8 linears, see apply_tp).
     ac / compile: per unit. dp_mesh: "fsdp" (1-D FSDP or 2-D HSDP, options in `fsdp`) or "ddp"
     (1-D, no TP). Every request is checked before the model is touched: unknown names,
     indivisible TP sizes, mismatched meshes, missing torchao all raise ParallelConfigError.
@@ -142,7 +144,7 @@ def parallelize(
                      fsdp_float8_all_gather=float8.fsdp_float8_all_gather,
                      precompute_scale=float8.precompute_scale, emulate=float8.emulate)
     if tp_mesh is not None:
-        apply_tp(model, tp_mesh, tp_plan, async_tp=async_tp)
+        apply_tp(model, tp_mesh, tp_plan, async_tp=async_tp, float8_collectives=float8_collectives)
     if ac is not None:
         apply_ac(model, mode=ac.mode, layer_freq=ac.layer_freq, op_policy=ac.op_policy, units=units)
     if compile_opts is not None:

@@ -21,6 +21,7 @@ from torch.distributed.tensor.parallel import (
 )
 
 from titan_parallel.errors import ParallelConfigError
+from titan_parallel.float8_tp import float8_style, wants_float8_styles
 from titan_parallel.modules import match_modules, named_modules_clean
 
 # Attribute names under which models keep head counts (Titan/Meta style and Hugging Face style).
@@ -106,14 +107,18 @@ def apply_tp(
     plan: Mapping[str, ParallelStyle],
     *,
     async_tp: bool = False,
+    float8_collectives: bool | None = None,
 ) -> nn.Module:
     """Apply `plan` (module name pattern -> torch ParallelStyle, '*' = one name segment, '' = the
-    root) over the 1-D TP `mesh`, exactly as given. Checked before anything is sharded: every
-    pattern matches a module, and the TP degree divides every sharded Linear/Embedding dim and
-    every head count (n_heads, n_kv_heads, num_key_value_heads, ...) on the way.
+    root) over the 1-D TP `mesh`. Checked before anything is sharded: every pattern matches a
+    module, and the TP degree divides every sharded Linear/Embedding dim and every head count
+    (n_heads, n_kv_heads, num_key_value_heads, ...) on the way.
 
     async_tp: overlap TP collectives with the matmuls through torch's symmetric memory; needs CUDA
     and compiled blocks (apply_compile), and raises ParallelConfigError on other devices.
+    float8_collectives: on linears converted to tensorwise float8 (apply_float8), use torchao's
+    float8 styles, so sequence-parallel all-gathers move float8 (see titan_parallel.float8_tp);
+    None (default): on CUDA meshes only (gloo has no float8 dtype); False: the plan's styles as given.
     Apply after float8 conversion and before activation checkpointing, compile and FSDP.
     """
     if not isinstance(mesh, DeviceMesh) or mesh.ndim != 1:
@@ -124,6 +129,9 @@ def apply_tp(
     check_tp_sizes(model, resolved, mesh.size())
     if async_tp:
         _enable_async_tp(model, mesh)
+    if wants_float8_styles(mesh, float8_collectives) and any(
+            type(m).__name__ == "Float8Linear" for m in model.modules()):
+        resolved = [(name, module, float8_style(style, module)) for name, module, style in resolved]
     for _, module, style in resolved:
         parallelize_module(module, mesh, style)
     return model

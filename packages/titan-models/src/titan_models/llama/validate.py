@@ -56,9 +56,10 @@ def validate(args: LlamaArgs, *, tp: int = 1, cp: int = 1, pp: int = 1,
         if args.max_seq_len % (2 * cp):
             problems.append(f"context parallel needs max_seq_len={args.max_seq_len} divisible by "
                             f"2 * cp = {2 * cp} (load-balanced chunks)")
-        if args.attn_mask == "block_causal" and args.attn_backend == "sdpa":
-            problems.append("attn_mask='block_causal' with attn_backend='sdpa' uses a dense mask, "
-                            "which context parallel cannot shard: use attn_backend='flex'")
+        if args.attn_mask == "block_causal":
+            problems.append("attn_mask='block_causal' does not combine with context parallel (SDPA's dense "
+                            "mask cannot be sharded, torch's ring attention does not cover flex, and the "
+                            "document mask is built for one rank's shard): use attn_mask='causal'")
     if pp > 1:
         if args.tie_embeddings:
             problems.append("tie_embeddings=True puts one weight on the first and last pipeline "

@@ -15,7 +15,7 @@ import torch
 
 from titan_train.config import JobConfig, uses_float8
 from titan_train.errors import ConfigError
-from titan_train.trainer.build_model import mixed_precision_mode, uses_fsdp
+from titan_train.trainer.build_model import float8_skip, mixed_precision_mode, uses_fsdp
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,7 @@ def plan(cfg: JobConfig, world_size: int) -> Layout:
         compile_model=cfg.compile.enable and "model" in cfg.compile.components,
         compile_loss=cfg.compile.enable and "loss" in cfg.compile.components,
         float8=float8, float8_all_gather=float8 and f8.enable_fsdp_float8_all_gather,
-        float8_skip=tuple(f8.filter_fqns), float8_recipe=f8.recipe_name or "tensorwise",
+        float8_skip=float8_skip(cfg, spec), float8_recipe=f8.recipe_name or "tensorwise",
         fsdp=fsdp, ddp=not fsdp and dims.dp_replicate > 1,
         reshard_after_forward={"default": dims.pp == 1, "always": True, "never": False}[p.fsdp_reshard_after_forward],
         loss_parallel=dims.tp > 1 and not p.disable_loss_parallel and dims.pp == 1,

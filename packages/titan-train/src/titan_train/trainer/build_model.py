@@ -106,6 +106,12 @@ def parallelize_part(part: nn.Module, spec, cfg: JobConfig, dims: ParallelDims, 
     return part
 
 
+def float8_skip(cfg: JobConfig, spec) -> tuple[str, ...]:
+    """Linears kept in high precision: the config's filter_fqns plus what the model family needs
+    (ModelSpec.float8_skip, e.g. a router), each once."""
+    return tuple(dict.fromkeys([*cfg.float8.filter_fqns, *spec.float8_skip]))
+
+
 def apply_converters(model: nn.Module, cfg: JobConfig, spec) -> None:
     if not uses_float8(cfg):
         return
@@ -114,8 +120,9 @@ def apply_converters(model: nn.Module, cfg: JobConfig, spec) -> None:
         raise ConfigError("model.converters includes quantize.linear.float8, which needs a float8-capable CUDA "
                           "GPU (e.g. H100) and none is visible; add --quantize.linear.float8.emulate to test "
                           "the conversion on CPU (slow, for checks only)")
-    skip = [f for f in f8.filter_fqns if f != "auto_filter_small_kn"]
-    tp_lib.apply_float8(model, recipe=f8.recipe_name or "tensorwise", skip=tuple(skip),
-                        skip_small="auto_filter_small_kn" in f8.filter_fqns,
+    skip = float8_skip(cfg, spec)
+    tp_lib.apply_float8(model, recipe=f8.recipe_name or "tensorwise",
+                        skip=tuple(s for s in skip if s != "auto_filter_small_kn"),
+                        skip_small="auto_filter_small_kn" in skip,
                         fsdp_float8_all_gather=f8.enable_fsdp_float8_all_gather,
                         precompute_scale=f8.precompute_float8_dynamic_scale_for_fsdp, emulate=f8.emulate)

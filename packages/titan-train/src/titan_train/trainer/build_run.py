@@ -99,7 +99,12 @@ def _check_fsdp_options(cfg: JobConfig, plan) -> None:
         return
     f8 = cfg.float8
     float8 = uses_float8(cfg)
+    p = cfg.parallelism
     asked = [k for k, on in (("training.enable_cpu_offload", cfg.training.enable_cpu_offload),
+                             (f"parallelism.fsdp_reshard_after_forward = {p.fsdp_reshard_after_forward!r}",
+                              p.fsdp_reshard_after_forward != "default"),
+                             (f"training.mixed_precision_reduce = {cfg.training.mixed_precision_reduce!r}",
+                              cfg.training.mixed_precision_reduce != "float32"),
                              ("quantize.linear.float8.enable_fsdp_float8_all_gather",
                               float8 and f8.enable_fsdp_float8_all_gather),
                              ("quantize.linear.float8.precompute_float8_dynamic_scale_for_fsdp",

@@ -29,7 +29,22 @@ def split(cfg: JobConfig, dims: ParallelDims, model: nn.Module, spec):
         split_points = layers_per_stage_split(order, p.pipeline_parallel_layers_per_stage, dims.pp)
     parts = pp_lib.pipeline_split(model, dims.get_mesh("pp"), module_order=order,
                                   schedule=p.pipeline_parallel_schedule, split_points=split_points)
+    check_cuts(parts.plan, spec.pipeline_split_points(model.args) if hasattr(model, "args") else None)
     return parts, list(parts.modules)
+
+
+def check_cuts(stages: list[list[str]], allowed: list[str] | None) -> None:
+    """Every stage after the first must begin at a block the model family allows a cut before
+    (ModelSpec.pipeline_split_points); None: the family does not restrict them."""
+    if allowed is None:
+        return
+    bad = [s[0] for s in stages[1:] if s[0] not in set(allowed)]
+    if bad:
+        from titan_train.errors import ConfigError
+
+        raise ConfigError(f"pipeline stages would begin at {bad}, where this model cannot be cut; stages may begin "
+                          f"at {allowed[0]} .. {allowed[-1]} ({len(allowed)} places): change "
+                          "parallelism.pipeline_parallel_split_points / module_fqns_per_model_part / layers_per_stage")
 
 
 def layers_per_stage_split(order: list[str], per: int, pp: int) -> list[list[str]]:

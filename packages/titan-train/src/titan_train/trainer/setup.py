@@ -61,9 +61,8 @@ def plan_layout(cfg: JobConfig) -> LayoutPlan:
     dims = ParallelDims(dp_replicate=p.data_parallel_replicate_degree, dp_shard=p.data_parallel_shard_degree,
                         cp=p.context_parallel_degree, tp=p.tensor_parallel_degree,
                         pp=p.pipeline_parallel_degree, world_size=world)
-    if dims.cp > 1 and device_type != "cuda" and p.context_parallel_method == "ring":
-        raise ConfigError("parallelism.context_parallel_degree > 1 with context_parallel_method = 'ring' needs "
-                          "GPUs (torch's ring attention does not run on CPU); 'ulysses' runs anywhere")
+    if dims.cp > 1 and p.context_parallel_method == "ring":
+        _check_ring(cfg, dims, device_type)
     dp = dims.dp_replicate * dims.dp_shard
     global_batch = t.global_batch_size if t.global_batch_size > 0 else t.local_batch_size * dp
     if global_batch % (t.local_batch_size * dp):
@@ -73,6 +72,21 @@ def plan_layout(cfg: JobConfig) -> LayoutPlan:
         raise ConfigError(f"training.local_batch_size = {t.local_batch_size} must be divisible by "
                           f"parallelism.pipeline_parallel_microbatch_size = {p.pipeline_parallel_microbatch_size}")
     return LayoutPlan(dims, device_type, dp, global_batch // (t.local_batch_size * dp), global_batch)
+
+
+def _check_ring(cfg: JobConfig, dims: ParallelDims, device_type: str) -> None:
+    """Ring attention (torch's context_parallel) replaces scaled_dot_product_attention and nothing
+    else: combinations it would silently compute otherwise are refused."""
+    key = f"parallelism.context_parallel_degree = {dims.cp} with context_parallel_method = 'ring'"
+    if cfg.model.attn_backend != "sdpa":
+        raise ConfigError(f"{key} and model.attn_backend = {cfg.model.attn_backend!r}: torch's ring attention "
+                          "patches SDPA only, so this attention would attend within each rank's shard of the "
+                          "sequence. Use attn_backend = 'sdpa', or context_parallel_method = 'ulysses' (any kernel)")
+    if dims.pp > 1:
+        raise ConfigError(f"{key} and parallelism.pipeline_parallel_degree = {dims.pp}: not proven on GPUs yet, so "
+                          "refused; context_parallel_method = 'ulysses' combines with pipeline parallel (tested)")
+    if device_type != "cuda":
+        raise ConfigError(f"{key} needs GPUs (torch's ring attention does not run on CPU); 'ulysses' runs anywhere")
 
 
 def setup_distributed(cfg: JobConfig, plan: LayoutPlan) -> Layout:

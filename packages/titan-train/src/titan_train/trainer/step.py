@@ -60,7 +60,9 @@ class StepRunner:
             data_time += waited
             tokens += labels.numel()
             if self.pipeline is not None:
-                total += self.pipeline.step(inputs, labels, accum_steps=self.accum_steps)
+                # inside the train context too: context parallel shards each stage's sequence
+                with self.train_context([inputs, labels]):
+                    total += self.pipeline.step(inputs, labels, accum_steps=self.accum_steps)
             else:
                 with self.train_context([inputs, labels]):
                     logits = self.parts[0](inputs)
