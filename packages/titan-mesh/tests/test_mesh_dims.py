@@ -54,3 +54,11 @@ def test_launch_env_errors():
         read_launch_env({"RANK": "x", "WORLD_SIZE": "2"})
     with pytest.raises(LaunchEnvError, match="rank=4, local rank=0, world size=4"):
         read_launch_env({"RANK": "4", "WORLD_SIZE": "4", "LOCAL_RANK": "0"})
+
+
+def test_errors_use_the_callers_names_and_say_what_is_allowed():
+    names = {"tp": "parallelism.tensor_parallel_degree", "dp_shard": "parallelism.data_parallel_shard_degree"}
+    with pytest.raises(ParallelDimsError, match=r"cannot infer parallelism.data_parallel_shard_degree: the other "
+                       r"degrees multiply to 3.*parallelism.tensor_parallel_degree=3.*must be one of 1, 2, 4"):
+        ParallelDims(tp=3, world_size=4, names=names)
+    assert ParallelDims(tp=2, world_size=4, names=names) == ParallelDims(tp=2, world_size=4)

@@ -87,10 +87,14 @@ def test_validate_names_every_problem():
     text = str(e.value)
     for piece in ("dim=64 is not divisible by n_heads=6", "n_heads=6 is not divisible by n_kv_heads=4",
                   "n_heads=6 is not divisible by tensor-parallel degree tp=4",
-                  "max_seq_len=30 divisible by 2 * cp = 8", "tie_embeddings=True", "pp=4 stages"):
+                  "max_seq_len=30 divisible by 2 x cp = 8", "tie_embeddings=True", "pp=4 stages"):
         assert piece in text
     with pytest.raises(ModelConfigError, match="n_kv_heads=2 is not divisible by tensor-parallel degree tp=4"):
         SPEC.validate(tiny_llama_args(), tp=4)
+    # a caller names the degrees as its users write them; the message lists what would work
+    with pytest.raises(ModelConfigError,
+                       match=r"degree parallelism.tensor_parallel_degree=4 \(degrees dividing .*: 1, 2\)"):
+        SPEC.validate(tiny_llama_args(), tp=4, names={"tp": "parallelism.tensor_parallel_degree"})
     for backend in ("sdpa", "flex"):  # neither path shards a document mask (ring does not patch flex)
         with pytest.raises(ModelConfigError, match="block_causal' does not combine with context parallel"):
             SPEC.validate(tiny_llama_args(attn_mask="block_causal", eos_id=1, attn_backend=backend), cp=2)

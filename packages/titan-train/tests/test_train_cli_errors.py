@@ -51,7 +51,13 @@ def test_bad_input_is_one_message(capsys, argv, expected, tmp_path):
 def test_degrees_must_match_world_size(capsys, monkeypatch, tmp_path):
     err = _fail(capsys, ["--parallelism.tensor_parallel_degree", "3", "--job.dump_folder", str(tmp_path)],
                 monkeypatch, {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"})
-    assert "world" in err and "3" in err
+    # the config keys the user wrote, never titan-mesh's short names, and what would be allowed
+    assert "cannot infer parallelism.data_parallel_shard_degree" in err
+    assert "parallelism.tensor_parallel_degree=3" in err and "must be one of 1, 2" in err
+    assert "tp=3" not in err and "dp_shard=" not in err
+    err = _fail(capsys, ["--parallelism.tensor_parallel_degree", "2", "--parallelism.data_parallel_shard_degree",
+                         "2", "--job.dump_folder", str(tmp_path)], monkeypatch, {"WORLD_SIZE": "2"})
+    assert "parallelism.data_parallel_shard_degree=2 x" in err and "= 4 do not match the world size 2" in err
 
 
 @pytest.mark.parametrize("world, argv, expected", [
@@ -76,7 +82,8 @@ def test_tp_must_divide_heads(capsys, monkeypatch, tmp_path):
                          "1", "--job.dump_folder", str(tmp_path)],
                 monkeypatch, {"WORLD_SIZE": "3", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
                               "MASTER_PORT": "1"})
-    assert "head" in err
+    assert "n_heads=16 is not divisible by tensor-parallel degree parallelism.tensor_parallel_degree=3" in err
+    assert "degrees dividing n_heads=16 and n_kv_heads=8: 1, 2, 4, 8" in err and "tp=3" not in err
 
 
 def test_broken_toml_through_the_console_script(tmp_path):

@@ -59,3 +59,26 @@ def test_model_family_float8_skip_joins_the_configured_filter():
     spec = dataclasses.replace(get_model_spec("llama3"), float8_skip=("attention.wk", "output"))
     cfg = build_config(["--quantize.linear.float8.filter_fqns", "output,auto_filter_small_kn"])
     assert float8_skip(cfg, spec) == ("output", "auto_filter_small_kn", "attention.wk")
+
+
+def test_dataset_config_and_mode_reach_the_loader(tmp_path, capsys, monkeypatch):
+    import json
+
+    import torch
+    from titan_train.cli import main
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    monkeypatch.setenv("TITAN_DATA_CACHE", str(tmp_path / "cache"))  # local files tokenized once, here
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps({"text": f"document {i} " * 40}) for i in range(40)))
+    base = ["--training.steps", "2", "--training.seq_len", "32", "--training.local_batch_size", "2",
+            "--metrics.enable_tensorboard", "false", "--training.dataset", str(data)]
+    assert main([*base, "--training.dataset_config", "en", "--job.dump_folder", str(tmp_path / "a")]) == 2
+    assert "dataset_config 'en' applies to Hugging Face Hub datasets" in capsys.readouterr().err
+    out = tmp_path / "b"
+    assert main([*base, "--training.dataset_mode", "pretokenized", "--checkpoint.enable",
+                 "--job.dump_folder", str(out)]) == 0
+    dcp_to_torch_save(str(out / "checkpoint" / "step-2"), str(tmp_path / "s.pt"))
+    loader = torch.load(tmp_path / "s.pt", weights_only=False)["dataloader"]
+    assert list(loader) == ["all_ranks"]  # the layout-independent state: resumes on any dp degree

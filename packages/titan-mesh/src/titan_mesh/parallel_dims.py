@@ -44,6 +44,9 @@ class ParallelDims:
     tp: int = 1
     pp: int = 1
     world_size: int = 1
+    # How the caller spells each degree in its own messages (e.g. {"tp":
+    # "parallelism.tensor_parallel_degree"}): errors name what the user wrote, not these fields.
+    names: dict[str, str] | None = field(default=None, repr=False, compare=False)
     # Filled by build_mesh: the world mesh and every dim and flattened view by name. Torch asks
     # callers to keep flattened meshes themselves rather than slice them from the root mesh.
     _meshes: dict[str, DeviceMesh] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -52,10 +55,14 @@ class ParallelDims:
         self._validate()
 
     def _degrees(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.init and f.name != "world_size"}
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.init and f.name not in ("world_size", "names")}
+
+    def _label(self, name: str) -> str:
+        return (self.names or {}).get(name, name)
 
     def _describe(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self._degrees().items())
+        return ", ".join(f"{self._label(k)}={v}" for k, v in self._degrees().items())
 
     def _validate(self) -> None:
         if not isinstance(self.world_size, int) or self.world_size < 1:
@@ -63,31 +70,34 @@ class ParallelDims:
         degrees = self._degrees()
         for name, value in degrees.items():
             if not isinstance(value, int) or isinstance(value, bool):
-                raise ParallelDimsError(f"degree {name} must be an integer, got {value!r}")
+                raise ParallelDimsError(f"degree {self._label(name)} must be an integer, got {value!r}")
             if value == 0 or value < -1:
                 raise ParallelDimsError(
-                    f"degree {name}={value} is invalid: use a positive integer, or -1 for "
+                    f"degree {self._label(name)}={value} is invalid: use a positive integer, or -1 for "
                     f"'all remaining ranks' ({self._describe()}; world size {self.world_size})"
                 )
         inferred = [name for name, value in degrees.items() if value == -1]
         if len(inferred) > 1:
             raise ParallelDimsError(
-                f"only one degree may be -1, got {', '.join(inferred)} "
+                f"only one degree may be -1, got {', '.join(self._label(n) for n in inferred)} "
                 f"({self._describe()}; world size {self.world_size})"
             )
         known = math.prod(v for v in degrees.values() if v != -1)
+        divisors = ", ".join(str(d) for d in range(1, self.world_size + 1) if self.world_size % d == 0)
         if inferred:
             if self.world_size % known != 0:
                 raise ParallelDimsError(
-                    f"cannot infer {inferred[0]}: the other degrees multiply to {known}, which "
-                    f"does not divide the world size {self.world_size} ({self._describe()})"
+                    f"cannot infer {self._label(inferred[0])}: the other degrees multiply to {known}, which "
+                    f"does not divide the world size {self.world_size} ({self._describe()}); their product "
+                    f"must be one of {divisors}"
                 )
             setattr(self, inferred[0], self.world_size // known)
         elif known != self.world_size:
-            product = " x ".join(f"{k}={v}" for k, v in degrees.items())
+            product = " x ".join(f"{self._label(k)}={v}" for k, v in degrees.items())
             raise ParallelDimsError(
                 f"parallel degrees {product} = {known} do not match the world size "
-                f"{self.world_size}; set one degree to -1 to infer it"
+                f"{self.world_size}; their product must be {self.world_size}, or set one degree to -1 to "
+                "infer it"
             )
 
     # Which axes are on.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 from titan_models.errors import ModelConfigError, unknown_name
 from titan_models.llama.args import LlamaArgs
 
@@ -11,8 +14,13 @@ MASKS = ("causal", "block_causal")
 
 
 def validate(args: LlamaArgs, *, tp: int = 1, cp: int = 1, pp: int = 1,
-             sequence_parallel: bool = True) -> None:
-    """Raise ModelConfigError listing every problem of `args` under these degrees."""
+             sequence_parallel: bool = True, names: Mapping[str, str] | None = None) -> None:
+    """Raise ModelConfigError listing every problem of `args` under these degrees. `names`: how the
+    caller spells a degree or an argument in its messages (e.g. {"tp": "parallelism.tensor_parallel_degree",
+    "max_seq_len": "training.seq_len"})."""
+    def n(key: str) -> str:
+        return (names or {}).get(key, key)
+
     if args.attn_backend not in BACKENDS:
         raise unknown_name("attn_backend", args.attn_backend, BACKENDS)
     if args.attn_mask not in MASKS:
@@ -26,7 +34,7 @@ def validate(args: LlamaArgs, *, tp: int = 1, cp: int = 1, pp: int = 1,
             problems.append(f"{key.replace('kv_heads', 'n_kv_heads')}={getattr(args, key)} must be >= 1")
     for key, value in (("tp", tp), ("cp", cp), ("pp", pp)):
         if value < 1:
-            problems.append(f"parallel degree {key}={value} must be >= 1")
+            problems.append(f"parallel degree {n(key)}={value} must be >= 1")
     if problems:
         raise ModelConfigError("invalid model arguments: " + "; ".join(problems))
 
@@ -46,16 +54,19 @@ def validate(args: LlamaArgs, *, tp: int = 1, cp: int = 1, pp: int = 1,
         problems.append(f"attn_mask='block_causal' needs eos_id in [0, vocab_size={args.vocab_size}), "
                         f"got eos_id={args.eos_id!r}")
     if tp > 1:
+        heads = math.gcd(args.n_heads, args.kv_heads)
+        allowed = ", ".join(str(d) for d in range(1, heads + 1) if heads % d == 0)
         for key, value in (("n_heads", args.n_heads), ("n_kv_heads", args.kv_heads)):
             if value % tp:
-                problems.append(f"{key}={value} is not divisible by tensor-parallel degree tp={tp}")
+                problems.append(f"{key}={value} is not divisible by tensor-parallel degree {n('tp')}={tp} "
+                                f"(degrees dividing n_heads={args.n_heads} and n_kv_heads={args.kv_heads}: {allowed})")
         if sequence_parallel and (args.max_seq_len // cp) % tp:
-            problems.append(f"sequence parallel splits each rank's max_seq_len/cp = "
-                            f"{args.max_seq_len // cp} tokens over tp={tp}: not divisible")
+            problems.append(f"sequence parallel splits each rank's {n('max_seq_len')}/{n('cp')} = "
+                            f"{args.max_seq_len // cp} tokens over {n('tp')}={tp}: not divisible")
     if cp > 1:
         if args.max_seq_len % (2 * cp):
-            problems.append(f"context parallel needs max_seq_len={args.max_seq_len} divisible by "
-                            f"2 * cp = {2 * cp} (load-balanced chunks)")
+            problems.append(f"context parallel needs {n('max_seq_len')}={args.max_seq_len} divisible by "
+                            f"2 x {n('cp')} = {2 * cp} (load-balanced chunks)")
         if args.attn_mask == "block_causal":
             problems.append("attn_mask='block_causal' does not combine with context parallel (SDPA's dense "
                             "mask cannot be sharded, torch's ring attention does not cover flex, and the "
@@ -63,8 +74,8 @@ def validate(args: LlamaArgs, *, tp: int = 1, cp: int = 1, pp: int = 1,
     if pp > 1:
         if args.tie_embeddings:
             problems.append("tie_embeddings=True puts one weight on the first and last pipeline "
-                            f"stage: not supported with pp={pp}; set tie_embeddings=False")
+                            f"stage: not supported with {n('pp')}={pp}; set tie_embeddings=False")
         if pp > args.n_layers:
-            problems.append(f"pp={pp} stages for n_layers={args.n_layers} blocks")
+            problems.append(f"{n('pp')}={pp} stages for n_layers={args.n_layers} blocks: at most {args.n_layers}")
     if problems:
         raise ModelConfigError("invalid model arguments: " + "; ".join(problems))

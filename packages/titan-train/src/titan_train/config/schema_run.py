@@ -66,6 +66,12 @@ class Training:
     dataset: str = opt("bundled", "dataset name in titan-data's registry, or a local file/folder")
     dataset_path: str | None = opt(None, "local path or hub name behind the dataset")
     dataset_text_field: str = opt("text", "field holding the text in json/parquet/hub datasets")
+    dataset_config: str | None = opt(None, "Hugging Face Hub dataset config (e.g. 'en' for c4); hub datasets only")
+    dataset_mode: str = opt(
+        "default", "pretokenized: tokenized once (local files: into the cache), resumes exactly under any "
+        "data-parallel degree; streaming: tokenized on the fly, resumes exactly on the same data-parallel degree "
+        "and num_workers only; default: the dataset's own (bundled/tiny/tokens pretokenized, local/hub/c4 streaming)",
+        choices=("default", "pretokenized", "streaming"))
     local_batch_size: int = opt(8, "sequences per forward/backward on each data-parallel rank")
     global_batch_size: int = opt(-1, "-1: local_batch_size x dp; larger = gradient accumulation")
     seq_len: int = opt(256, "tokens per sequence")
@@ -90,6 +96,7 @@ class Validation:
     enable: bool = opt(False, "evaluate on a validation set every `freq` steps")
     dataset: str = opt("bundled", "validation dataset name or path")
     dataset_path: str | None = opt(None, "local path or hub name behind the validation dataset")
+    dataset_config: str | None = opt(None, "Hugging Face Hub dataset config of the validation dataset")
     local_batch_size: int = opt(8, "validation sequences per rank and step")
     seq_len: int = opt(256, "validation sequence length")
     freq: int = opt(100, "validate every N training steps")

@@ -138,21 +138,17 @@ def _pipeline_ranks(cfg: JobConfig, pp: int, n_layers: int, order: list[str], n_
 def plan(cfg: JobConfig, world_size: int) -> Layout:
     """Layout of `cfg` on `world_size` GPUs; ConfigError for any layout the trainer would refuse."""
     import titan_models
-    from titan_mesh import ParallelDims
-    from titan_mesh.parallel_dims import ParallelDimsError
     from titan_parallel import ParallelConfigError
 
-    from titan_train.trainer.setup import build_model_args
+    from titan_train.trainer.setup import build_model_args, dims_from_config
 
     p, t = cfg.parallelism, cfg.training
+    dims = dims_from_config(cfg, world_size)
     try:
-        dims = ParallelDims(dp_replicate=p.data_parallel_replicate_degree, dp_shard=p.data_parallel_shard_degree,
-                            cp=p.context_parallel_degree, tp=p.tensor_parallel_degree,
-                            pp=p.pipeline_parallel_degree, world_size=world_size)
         spec = titan_models.get_model_spec(cfg.model.name)
         vocab, vocab_note = _vocab(cfg, spec.args_for(cfg.model.flavor).vocab_size)
         args = build_model_args(cfg, spec, vocab, dims)
-    except (ParallelDimsError, titan_models.ModelConfigError) as e:
+    except titan_models.ModelConfigError as e:
         raise ConfigError(str(e)) from None
     dp = dims.dp_replicate * dims.dp_shard
     global_batch = t.global_batch_size if t.global_batch_size > 0 else t.local_batch_size * dp

@@ -113,9 +113,18 @@ def build_pipeline(cfg: JobConfig, dims: ParallelDims, parts, modules, loss_fn, 
 
 
 def validate_cp(cfg: JobConfig, dims: ParallelDims, args) -> None:
+    from titan_parallel import ParallelConfigError
+
+    from titan_train.errors import ConfigError
+
     p = cfg.parallelism
-    cp_lib.validate_cp(cp_degree=dims.cp, seq_len=cfg.training.seq_len, method=p.context_parallel_method,
-                       rotate=p.context_parallel_rotate_method, n_heads=args.n_heads, tp_degree=dims.tp)
+    try:
+        cp_lib.validate_cp(cp_degree=dims.cp, seq_len=cfg.training.seq_len, method=p.context_parallel_method,
+                           rotate=p.context_parallel_rotate_method, n_heads=args.n_heads, tp_degree=dims.tp)
+    except ParallelConfigError as e:
+        raise ConfigError(f"parallelism.context_parallel_degree = {dims.cp} with context_parallel_method = "
+                          f"{p.context_parallel_method!r}, tensor_parallel_degree = {dims.tp} and training.seq_len = "
+                          f"{cfg.training.seq_len}: {e}") from None
 
 
 def cp_context(cfg: JobConfig, dims: ParallelDims, parts: list[nn.Module], batch: list[torch.Tensor]):

@@ -53,14 +53,30 @@ class LayoutPlan:
     global_batch: int
 
 
+# How the config spells each degree: library errors name these keys, not titan-mesh's fields.
+DEGREE_KEYS = {"dp_replicate": "parallelism.data_parallel_replicate_degree",
+               "dp_shard": "parallelism.data_parallel_shard_degree", "cp": "parallelism.context_parallel_degree",
+               "tp": "parallelism.tensor_parallel_degree", "pp": "parallelism.pipeline_parallel_degree"}
+
+
+def dims_from_config(cfg: JobConfig, world_size: int) -> ParallelDims:
+    """The degrees of `cfg` on `world_size` processes; ConfigError naming the config keys."""
+    from titan_mesh import ParallelDimsError
+
+    p = cfg.parallelism
+    try:
+        return ParallelDims(dp_replicate=p.data_parallel_replicate_degree, dp_shard=p.data_parallel_shard_degree,
+                            cp=p.context_parallel_degree, tp=p.tensor_parallel_degree, pp=p.pipeline_parallel_degree,
+                            world_size=world_size, names=DEGREE_KEYS)
+    except ParallelDimsError as e:
+        raise ConfigError(f"{e} (world size: {world_size} processes)") from None
+
+
 def plan_layout(cfg: JobConfig) -> LayoutPlan:
     """Degrees and batch arithmetic from the config and WORLD_SIZE; no process group yet."""
     p, t = cfg.parallelism, cfg.training
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    dims = ParallelDims(dp_replicate=p.data_parallel_replicate_degree, dp_shard=p.data_parallel_shard_degree,
-                        cp=p.context_parallel_degree, tp=p.tensor_parallel_degree,
-                        pp=p.pipeline_parallel_degree, world_size=world)
+    dims = dims_from_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     if dims.cp > 1 and p.context_parallel_method == "ring":
         _check_ring(cfg, dims, device_type)
     dp = dims.dp_replicate * dims.dp_shard
@@ -131,7 +147,7 @@ def build_model_args(cfg: JobConfig, spec, vocab_size: int, dims: ParallelDims, 
             raise ConfigError("model.attn_mask = 'block_causal' does not combine with pipeline parallel or "
                               "Ulysses context parallel yet; use attn_mask = 'causal' there")
     args = spec.args_for(cfg.model.flavor, **overrides)
-    spec.validate(args, tp=dims.tp, cp=dims.cp, pp=dims.pp)
+    spec.validate(args, tp=dims.tp, cp=dims.cp, pp=dims.pp, names={**DEGREE_KEYS, "max_seq_len": "training.seq_len"})
     return args
 
 
@@ -149,7 +165,8 @@ def build_loader(cfg: JobConfig, tokenizer, layout: Layout, *, validation: bool 
         src.dataset, tokenizer=tokenizer, seq_len=src.seq_len, local_batch_size=src.local_batch_size,
         dp_rank=layout.dp_rank, dp_world_size=layout.dp_size, dataset_path=src.dataset_path,
         split="validation" if validation else "train", text_field=cfg.training.dataset_text_field,
-        num_workers=0 if validation else cfg.training.num_workers,
+        num_workers=0 if validation else cfg.training.num_workers, dataset_config=src.dataset_config,
+        mode=None if validation or cfg.training.dataset_mode == "default" else cfg.training.dataset_mode,
         seed=cfg.training.seed or 0, infinite=not validation)
 
 

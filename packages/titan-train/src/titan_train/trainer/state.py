@@ -83,5 +83,6 @@ class LoaderState:
 
             raise ConfigError(f"the checkpoint's data loader state has no entry {key!r} (it has "
                               f"{sorted(sd)}); a streaming dataset resumes only with the same data-parallel "
-                              "degree, or add dataloader to checkpoint.exclude_from_loading")
+                              "degree: use that degree, training.dataset_mode = 'pretokenized' (from the start of "
+                              "a run), or add dataloader to checkpoint.exclude_from_loading")
         self.loader.load_state_dict(sd[key])
