@@ -230,8 +230,7 @@ def _forget_cached_meshes() -> None:
     would be handed results holding the destroyed meshes' group names. Clear those caches (torch's
     debug helpers; each is looked up, as they are private and move between releases)."""
     try:
-        from torch.distributed.tensor import debug
-        from torch.distributed.tensor import _redistribute
+        from torch.distributed.tensor import _redistribute, debug
     except ImportError:  # pragma: no cover - DTensor absent
         return
     clear = getattr(debug, "_clear_sharding_prop_cache", None) or getattr(
