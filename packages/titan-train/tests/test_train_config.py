@@ -1,6 +1,7 @@
 """Config: defaults < TOML < CLI, torchtitan files unchanged, errors that name keys, help, print."""
 
 import dataclasses
+import re
 import textwrap
 
 import pytest
@@ -146,3 +147,68 @@ def test_print_config_round_trips(tmp_path):
     again = build_config(["--config", _write(tmp_path, to_toml(c))])
     again.job.config_file = None
     assert dataclasses.asdict(again) == dataclasses.asdict(c)
+
+
+def test_torchtitan_v01_and_v02_spellings_are_translated_and_said(tmp_path):
+    from titan_train.config import build_config
+
+    toml = tmp_path / "tt.toml"
+    toml.write_text("""
+[job]
+print_args = true
+use_for_integration_test = true
+[lr_scheduler]
+lr_min = 0.1
+[training]
+compile = true
+dtype = "float32"
+[training.dataloader]
+num_workers = 2
+pin_memory = true
+[checkpoint]
+enable_checkpoint = true
+last_save_model_weights_only = false
+[float8]
+filter_fqns = ["output", "attention.wk"]
+force_recompute_fp8_weight_in_bwd = true
+[debug]
+seed = 5
+deterministic = true
+[fault_tolerance]
+enable = false
+replica_id = 3
+[memory_estimation]
+enabled = true
+[validation]
+dataset = "c4_validation"
+""")
+    notes = []
+    cfg = build_config(["--config", str(toml), "--training.dataloader.persistent_workers", "true"], notes)
+    assert cfg.job.print_config and cfg.lr_scheduler.min_lr_factor == 0.1 and cfg.compile.enable
+    assert cfg.training.num_workers == 2 and cfg.checkpoint.enable and not cfg.checkpoint.last_save_model_only
+    assert cfg.float8.filter_fqns == ["output", "attention.wk"] and cfg.training.seed == 5
+    assert cfg.training.deterministic and cfg.memory_estimation.enable and cfg.validation.dataset == "c4"
+    text = "\n".join(notes)
+    for piece in ("job.print_args read as job.print_config", "use_for_integration_test ignored",
+                  "training.compile read as compile.enable", "training.dtype = 'float32' accepted",
+                  "fault_tolerance.replica_id ignored", "pin_memory ignored", "'c4_validation' read as 'c4'",
+                  "command line: training.dataloader.persistent_workers ignored"):
+        assert piece in text, piece
+
+
+@pytest.mark.parametrize("body, expected", [
+    ('[training]\ndtype = "bfloat16"', "training.dtype = 'bfloat16' asks for full-bf16 training"),
+    ("[fault_tolerance]\nenable = true", "fault_tolerance.enable = True asks for TorchFT"),
+    ("[lr_scheduler]\ntotal_steps = 500", "training.stop_at_step to where this run ends"),
+    ("[checkpoint]\nenable = true\nenable_checkpoint = false",
+     "checkpoint.enable = True and checkpoint.enable_checkpoint = False set the same option"),
+    ('[training]\ndataset = "c4_test"', "dataset_path = '<torchtitan>/tests/assets/c4_test'"),
+])
+def test_torchtitan_keys_titan_cannot_honour_are_errors(tmp_path, body, expected):
+    from titan_train.config import build_config
+    from titan_train.errors import ConfigError
+
+    toml = tmp_path / "tt.toml"
+    toml.write_text(body + "\n")
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        build_config(["--config", str(toml)])

@@ -55,8 +55,8 @@ def test_check_fits_and_precheck():
     with pytest.raises(ConfigError) as err:
         check_fits(est, 64)
     assert "activations" in str(err.value) and "activation_checkpoint.mode" in str(err.value)
-    assert precheck(cfg, 1, torch.device("cpu")) is None          # memory_estimation.enabled is off
-    cfg.memory_estimation.enabled = True
+    assert precheck(cfg, 1, torch.device("cpu")) is None          # memory_estimation.enable is off
+    cfg.memory_estimation.enable = True
     assert precheck(cfg, 1, torch.device("cpu")) is None          # no GPU size to compare with
     cfg.memory_estimation.gpu_memory_gib = 141
     assert "fits in 141 GiB" in precheck(cfg, 1, torch.device("cpu"))

@@ -84,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
 
     owns_group = not dist.is_initialized()  # a caller's group (tests, notebooks) is left alone
     try:
-        cfg = build_config(argv)
+        notes: list[str] = []
+        cfg = build_config(argv, notes)
+        if os.environ.get("RANK", "0") == "0":
+            for note in notes:
+                print(f"titan-train: {note}", flush=True)
         check_config(cfg)
         if print_only or cfg.job.print_config:
             print(to_toml(cfg))

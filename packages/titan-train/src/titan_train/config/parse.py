@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from titan_train.config.coerce import a_type, coerce
+from titan_train.config.compat import translate, translate_key
 from titan_train.config.job_config import JobConfig
 from titan_train.errors import ConfigError
 
@@ -138,15 +139,22 @@ def split_args(argv: list[str]) -> tuple[str | None, list[tuple[str, str | None]
     return config_name, pairs
 
 
-def build_config(argv: list[str]) -> JobConfig:
-    """defaults < TOML (--config) < overrides; ConfigError on any bad file, key or value."""
+def build_config(argv: list[str], notes: list[str] | None = None) -> JobConfig:
+    """defaults < TOML (--config) < overrides; ConfigError on any bad file, key or value.
+
+    torchtitan's spellings are translated (config.compat); `notes` receives one line per key
+    translated or ignored, for the caller to print."""
+    notes = [] if notes is None else notes
     config_name, pairs = split_args(argv)
     config = JobConfig()
     if config_name is not None:
         path = resolve_config_path(config_name)
-        _apply_dict(config, read_toml(path), "", str(path))
+        _apply_dict(config, translate(read_toml(path), notes, str(path)), "", str(path))
         config.job.config_file = str(path)
     for key, raw in pairs:
+        key = translate_key(key, raw, notes, "command line")
+        if key is None:
+            continue
         owner, name, tp = _lookup(config, key)
         if raw is None:
             if not _is_bool(tp):

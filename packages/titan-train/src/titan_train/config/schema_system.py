@@ -121,5 +121,5 @@ class Comm:
 
 @dataclass
 class MemoryEstimation:
-    enabled: bool = opt(False, "estimate peak memory before building the model; stop if it cannot fit")
+    enable: bool = opt(False, "estimate peak memory before building the model; stop if it cannot fit")
     gpu_memory_gib: float = opt(0.0, "memory per GPU to check against (0 = the detected GPU)")

@@ -69,14 +69,14 @@ def check_fits(estimate: MemoryEstimate, gpu_gib: float) -> None:
         "To fit: activation_checkpoint.mode = 'selective' or 'full', a smaller training.local_batch_size "
         "(keep the global batch with training.global_batch_size: gradient accumulation), more FSDP ranks "
         "(parallelism.data_parallel_shard_degree), tensor or pipeline parallelism, or "
-        "memory_estimation.enabled = false to try anyway.")
+        "memory_estimation.enable = false to try anyway.")
 
 
 def precheck(cfg: JobConfig, world_size: int, device: torch.device) -> str | None:
-    """The trainer's hook (memory_estimation.enabled): the estimate's table, or None when the
+    """The trainer's hook (memory_estimation.enable): the estimate's table, or None when the
     estimate is off or there is no GPU; ConfigError when the job cannot fit. The GPU size is
     memory_estimation.gpu_memory_gib, or the device's total memory when that is 0."""
-    if not cfg.memory_estimation.enabled:
+    if not cfg.memory_estimation.enable:
         return None
     gpu_gib = cfg.memory_estimation.gpu_memory_gib
     if gpu_gib <= 0:

@@ -129,7 +129,7 @@ def build_run(cfg: JobConfig, resume: checkpointing.Resume | None = None) -> Run
     args = build_model_args(cfg, spec, tokenizer.vocab_size, plan.dims, tokenizer.eos_id)  # TP/CP vs heads
     if plan.dims.cp > 1:
         pipeline.validate_cp(cfg, plan.dims, args)
-    if cfg.memory_estimation.enabled:                          # a layout that cannot fit stops here
+    if cfg.memory_estimation.enable:                          # a layout that cannot fit stops here
         from titan_train.memory import precheck
 
         table = precheck(cfg, plan.dims.world_size, torch.device(plan.device_type))
@@ -143,6 +143,8 @@ def build_run(cfg: JobConfig, resume: checkpointing.Resume | None = None) -> Run
         raise ConfigError("validation.steps must be >= 1 with data parallelism (every rank must run the "
                           "same number of batches)")
     loader = Prefetcher(build_loader(cfg, tokenizer, layout), device)  # dataset name/path
+    if cfg.validation.enable:  # its dataset is checked now, not at the first validation
+        build_loader(cfg, tokenizer, layout, validation=True)
     seed_everything(cfg, layout)
 
     with torch.device("meta"):
