@@ -2,6 +2,7 @@
 checkpoint, the last step saved once, older model-only final checkpoints, HF initial weights."""
 
 import json
+import re
 
 import pytest
 import titan_ckpt
@@ -157,3 +158,40 @@ def test_seed_checkpoint_is_the_initial_weights_and_training_starts_at_step_1(tm
     assert "step-0 (model only); training starts at step 1" in capsys.readouterr().out
     assert [r["step"] for r in _metrics(run)] == [1, 2]
     assert titan_ckpt.list_checkpoints(run / "checkpoint", "full") == [2]
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 40 MiB tmpfs (needs root and mount; skipped elsewhere): room for one checkpoint of the debug
+    model with plain SGD (23 MiB) but not for a second one."""
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_says_so_keeps_the_earlier_checkpoint_and_the_rerun_resumes(small_disk, capsys):
+    import subprocess
+
+    run = small_disk / "run"
+    argv = [*BASE[:-3], "--checkpoint.enable", "--checkpoint.interval", "2", "--checkpoint.keep_latest_k", "1",
+            "--optimizer.name", "SGD", "--optimizer.beta1", "0", "--checkpoint.last_save_model_only", "false",
+            "--training.steps", "4", "--job.dump_folder", str(run)]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert re.search(r"warning: .* has 40.0 MiB free, but this run keeps up to 1 checkpoint\(s\) of about 2\d.\d MiB",
+                     captured.out)
+    err = captured.err
+    assert re.search(r"the disk holding .* is full: saving step 4 needs about 2\d.\d MiB .* and 1\d.\d MiB is free", err)
+    assert "step-2 is the newest complete checkpoint" in err and "Traceback" not in err
+    assert titan_ckpt.list_checkpoints(run / "checkpoint") == [2]
+    assert [p.name for p in (run / "checkpoint").iterdir()] == ["step-2"]
+    subprocess.run(["mount", "-o", "remount,size=200m", str(small_disk)], check=True)
+    assert main(argv) == 0
+    assert "resumed from" in capsys.readouterr().out and titan_ckpt.list_checkpoints(run / "checkpoint") == [4]

@@ -128,6 +128,12 @@ class AsyncSaver:
             return out.upload_completion
         return out
 
+    def staged_bytes(self) -> int:
+        """Bytes of the CPU copy the last save staged (what it had to write from this rank)."""
+        from .dcp_io import state_bytes
+
+        return state_bytes(self._stager._buffers) if self._stager is not None else 0
+
     def wait_for_staging(self) -> None:
         if self._staging is not None:
             staging, self._staging = self._staging, None

@@ -10,6 +10,7 @@ metadata records.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import pickle
@@ -159,6 +160,42 @@ def _failures(exc: BaseException) -> Iterator[BaseException]:
             yield from _failures(inner)
     else:
         yield exc
+
+
+_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+# What torch's writers say when a write comes up short (the zip writer) or the disk is full.
+_FULL_TEXT = ("no space left on device", "disk quota exceeded", "unexpected pos")
+
+
+def out_of_space(exc: BaseException) -> bool:
+    """Whether a failed save ran out of disk space (or quota), at any depth of its causes."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
+            return True
+        if any(t in str(e).lower() for t in _FULL_TEXT):
+            return True
+        todo += [e.__cause__, e.__context__, *(_failures(e) if isinstance(e, CheckpointException) else ())]
+    return False
+
+
+def state_bytes(state: Any) -> int:
+    """Bytes of the tensors in a (nested) state this rank would write (DTensors: the local shard)."""
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(v) for v in state)
+    if hasattr(state, "state_dict") and not torch.is_tensor(state):
+        return state_bytes(state.state_dict())
+    if torch.is_tensor(state):
+        local = state.to_local() if hasattr(state, "to_local") else state
+        return local.numel() * local.element_size()
+    return 0
 
 
 def explain(exc: BaseException, folder: str | os.PathLike, action: str) -> CheckpointError:

@@ -25,3 +25,11 @@ def short_list(items: Iterable[object], limit: int = 8) -> str:
     items = list(items)
     head = ", ".join(repr(i) for i in items[:limit])
     return head + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def human_bytes(n: float) -> str:
+    """1.5 GiB, 23.4 MiB, 512 B: sizes in messages."""
+    for unit, size in (("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"

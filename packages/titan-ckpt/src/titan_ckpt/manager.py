@@ -21,8 +21,8 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from . import layout
 from .async_save import ASYNC_MODES, AsyncSaver
-from .dcp_io import dist_on, explain, load_dcp, save_dcp
-from .errors import CheckpointError, closest, short_list
+from .dcp_io import dist_on, explain, load_dcp, out_of_space, save_dcp, state_bytes
+from .errors import CheckpointError, closest, human_bytes, short_list
 from .states import ModelState, check_states
 from .weights import ensure_single_process, load_model_weights, write_model_only
 
@@ -108,8 +108,10 @@ class CheckpointManager:
         if self._saver is None:
             try:
                 save_dcp(dict(states), partial, process_group=self._pg)
-            except CheckpointError:
+            except CheckpointError as e:
                 self._coordinator_only(shutil.rmtree, partial, True)
+                if out_of_space(e):
+                    raise self._no_space(step, state_bytes(states)) from e
                 raise
             self._coordinator_only(self._publish, partial, final, info)
             self._barrier()
@@ -130,7 +132,15 @@ class CheckpointManager:
         self.wait()
         final = self._agree(lambda: self._target(target))
         partial = layout.partial_dir(final, self._run_id)
-        write_model_only(partial, model_parts, dtype, process_group=self._pg)
+        try:
+            write_model_only(partial, model_parts, dtype, process_group=self._pg)
+        except CheckpointError as e:
+            self._coordinator_only(shutil.rmtree, partial, True)
+            if out_of_space(e):
+                parts = [model_parts] if isinstance(model_parts, nn.Module) else list(model_parts)
+                size = sum(p.numel() for m in parts for p in m.parameters()) * (dtype or torch.float32).itemsize
+                raise self._no_space(target if isinstance(target, int) else 0, size // self._world) from e
+            raise
         step = target if isinstance(target, int) else None
         info = dict(step=step, kind="model_only", states=["model"], world_size=self._world, dtype=dtype)
         self._coordinator_only(self._publish, partial, final, info)
@@ -145,9 +155,12 @@ class CheckpointManager:
         self._pending = None
         try:
             fut.result()
-        except CheckpointError:
-            raise
         except (Exception, CheckpointException) as e:
+            if out_of_space(e):
+                self._coordinator_only(layout.clean_transient, self.folder)
+                raise self._no_space(step, self._saver.staged_bytes() if self._saver else 0) from e
+            if isinstance(e, CheckpointError):
+                raise
             raise explain(e, self._final(step), f"async save of step {step} into") from e
         self._barrier()
 
@@ -224,6 +237,20 @@ class CheckpointManager:
         return step
 
     # ---------------------------------------------------------------- internals
+    def _no_space(self, step: int, rank_bytes: int) -> CheckpointError:
+        """The disk filled up during a save: how much it needed, how much is free, what is intact."""
+        free = shutil.disk_usage(self.folder if self.folder.exists() else self.folder.parent).free
+        complete = layout.scan(self.folder)[0]
+        intact = (f"step-{complete[-1]} is the newest complete checkpoint and loads as before" if complete
+                  else "no complete checkpoint exists yet")
+        return CheckpointError(
+            f"the disk holding {self.folder} is full: saving step {step} needs about "
+            f"{human_bytes(rank_bytes * self._world)} ({human_bytes(rank_bytes)} from each of {self._world} "
+            f"rank(s)) and {human_bytes(free)} is free now. The unfinished save was removed and nothing "
+            f"earlier was touched: {intact}. Free some space, keep fewer checkpoints (keep_latest_k), or "
+            "save elsewhere")
+
+
     def _final(self, step: Any) -> Path:
         final = layout.step_dir(self.folder, layout.check_step(step))
         if final.is_symlink() or (final.exists() and not layout.inside(self.folder, final)):

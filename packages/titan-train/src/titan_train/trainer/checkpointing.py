@@ -145,6 +145,29 @@ def schedule_change(old: dict | None, now: dict, step: int) -> str | None:
             f"lr {is_lr:.3e} on the new schedule (the old one gave {was_lr:.3e})")
 
 
+def space_warning(cfg: JobConfig, n_params: int) -> str | None:
+    """A warning when the checkpoint folder's disk cannot hold the checkpoints this run will keep
+    (each ~ fp32 weights and optimizer moments; one more exists while a save is written)."""
+    import shutil
+
+    c, o = cfg.checkpoint, cfg.optimizer
+    moments = 2 if o.name in ("Adam", "AdamW") else (1 if 0 < o.beta1 < 1 else 0)
+    size = n_params * 4 * (1 + moments)
+    folder = ckpt_folder(cfg)
+    saves = cfg.training.steps // c.interval + 1
+    keep = min(c.keep_latest_k, saves) if c.keep_latest_k > 0 else saves
+    have = len(titan_ckpt.list_checkpoints(folder))
+    need = max(0, keep + 1 - have) * size
+    free = shutil.disk_usage(folder).free
+    if free >= need:
+        return None
+    from titan_ckpt.errors import human_bytes
+
+    return (f"warning: {folder} has {human_bytes(free)} free, but this run keeps up to {keep} checkpoint(s) of about "
+            f"{human_bytes(size)} (one more while a save is written; {have} there now): it needs about "
+            f"{human_bytes(need)}; free space, lower checkpoint.keep_latest_k or move checkpoint.folder")
+
+
 def _initial_load(run: Run, cfg: JobConfig, adapter) -> None:
     c = cfg.checkpoint
     if c.initial_load_in_hf:
@@ -175,6 +198,9 @@ def attach(run: Run, layout, spec, args, resume: Resume) -> None:
         run.ckpt = titan_ckpt.CheckpointManager(ckpt_folder(cfg), interval=c.interval,
                                                 keep_latest_k=c.keep_latest_k, async_mode=c.async_mode)
         run.states = _states(run, layout.dp_rank)
+        warning = space_warning(cfg, args.num_params())
+        if warning:
+            run.metrics.log_text(warning)
         # async_with_pinned_mem copies parameters on a side stream: finish before they change
         run.step_runner.before_optimizer_step = run.ckpt.wait_for_staging
     if resume.step is not None:
