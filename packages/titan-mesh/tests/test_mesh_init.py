@@ -31,3 +31,28 @@ def test_cuda_without_gpu_is_a_clear_error():
         pytest.skip("has a GPU")
     with pytest.raises(LaunchEnvError, match="no CUDA device is visible"):
         init_distributed(device_type="cuda", env={})
+
+
+RESTARTED = """
+import os, torch, torch.distributed as dist
+from titan_mesh import init_distributed
+info = init_distributed(device_type="cpu", timeout_s=60)
+t = torch.ones(1)
+dist.all_reduce(t)
+attempt = os.environ["TORCHELASTIC_RESTART_COUNT"]
+if attempt == "0" and info.rank == 1:
+    os.kill(os.getpid(), 9)  # like an OOM kill: torchrun restarts every worker
+dist.barrier()
+print(f"rank {info.rank} attempt {attempt} sum {t.item()}", flush=True)
+"""
+
+
+def test_torchrun_restarts_form_a_fresh_group(tmp_path):
+    """torchrun keeps its store across --max-restarts; without a key prefix per attempt the
+    restarted ranks would read the killed attempt's addresses and fail to connect."""
+    script = tmp_path / "restarted.py"
+    script.write_text(RESTARTED)
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "--max-restarts", "1", str(script)], capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "rank 0 attempt 1 sum 2.0" in out.stdout and "rank 1 attempt 1 sum 2.0" in out.stdout

@@ -113,18 +113,31 @@ def init_distributed(
     if launch.world_size > 1:
         if launch.source == "slurm":
             os.environ.setdefault("MASTER_PORT", "29500")
+        store = _elastic_store(os.environ if env is None else env, launch.world_size, timeout)
         dist.init_process_group(
             backend=backend,
             rank=launch.rank,
             world_size=launch.world_size,
             timeout=timeout,
             device_id=device if device_type == "cuda" else None,
+            **({"store": store} if store is not None else {}),
         )
     elif single_process_group:
         dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     else:
         backend = None
     return DistInfo(launch.rank, launch.local_rank, launch.world_size, device, backend)
+
+
+def _elastic_store(env: Mapping[str, str], world_size: int, timeout: timedelta) -> dist.Store | None:
+    """Under torchrun the agent hosts the rendezvous store and keeps it across restarts
+    (--max-restarts): the keys a killed attempt left there (its ranks' gloo / NCCL addresses) would
+    send the restarted ranks to dead peers ("Connection refused", measured with torch 2.13). Each
+    attempt gets its own key prefix. None outside torchelastic: torch's env:// default applies."""
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), world_size, is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"titan/attempt_{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def set_collective_timeout(timeout_s: float, groups: Iterable[dist.ProcessGroup] = (), *,

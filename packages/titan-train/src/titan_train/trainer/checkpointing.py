@@ -232,7 +232,15 @@ def _resume(run: Run, cfg: JobConfig, resume: Resume) -> None:
     exclude = set(c.exclude_from_loading)
     if resume.model_only:  # a seed checkpoint (or weights named by load_step): training starts at 1
         exclude |= {"optimizer", "lr_scheduler", "dataloader", "train_state"}
-    loaded = run.ckpt.load(run.states, step=resume.step, exclude=tuple(sorted(exclude)))
+    try:
+        loaded = run.ckpt.load(run.states, step=resume.step, exclude=tuple(sorted(exclude)))
+    except titan_ckpt.CheckpointError as e:
+        earlier = [s for s in titan_ckpt.list_checkpoints(ckpt_folder(cfg), "full") if s < resume.step]
+        if c.load_step >= 0 or not earlier:
+            raise
+        raise titan_ckpt.CheckpointError(
+            f"{e}. The damaged checkpoint is left as it is; to resume from the previous complete one, set "
+            f"checkpoint.load_step = {earlier[-1]} (or repair or move step-{resume.step} away)") from None
     for sched in run.schedulers:  # whatever order the states were loaded in
         resync_lr(sched)
     where = f"{ckpt_folder(cfg)}/step-{loaded}"
