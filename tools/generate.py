@@ -128,7 +128,7 @@ def load_model(spec, args, *, device: torch.device, dtype: torch.dtype, checkpoi
 
 @torch.no_grad()
 def _compute_rope(model: torch.nn.Module, args) -> None:
-    from titan_models.llama.rope import rope_table
+    from titan_models.common.rope import rope_table
 
     table = rope_table(args.head_dim, args.max_seq_len, args.rope_theta, args.rope_scaling, model.freqs_cis.device)
     model.freqs_cis.copy_(table[: model.freqs_cis.shape[0]])

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from titan_models import ModelConfigError, Transformer
-from titan_models.llama.masks import dense_block_causal, document_ids
+from titan_models.common.masks import dense_block_causal, document_ids
 from titan_models.testing import tiny_llama_args
 
 EOS = 3

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from titan_mesh.testing import DistributedPool
-from titan_models import Transformer, get_model_spec
-from titan_models.testing import tiny_llama_args
+from titan_models import get_model_spec
+from titan_models.testing import FAMILIES, tiny_args
 
 
 @pytest.fixture(scope="module")
@@ -37,21 +37,20 @@ def _loss_and_grads(model, tokens, loss_parallel):
     return _full(loss).item(), grads
 
 
-def _tp_vs_single(sequence_parallel, loss_parallel, tie, backend, mask):
+def _tp_vs_single(family, sequence_parallel, loss_parallel, tie, backend, mask):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor
     from torch.distributed.tensor.experimental import implicit_replication
     from torch.distributed.tensor.parallel import parallelize_module
 
-    spec = get_model_spec("llama3")
-    args = tiny_llama_args(max_seq_len=32, tie_embeddings=tie, attn_backend=backend, attn_mask=mask,
-                           eos_id=5)
+    spec = get_model_spec(family)
+    args = tiny_args(family, max_seq_len=32, tie_embeddings=tie, attn_backend=backend, attn_mask=mask, eos_id=5)
     spec.validate(args, tp=2)
     torch.manual_seed(7)
-    reference = Transformer(args)  # built on CPU: initialized at once, no parallelism
+    reference = spec.build(args)  # built on CPU: initialized at once, no parallelism
     mesh = init_device_mesh("cpu", (2,))
     with torch.device("meta"):
-        model = Transformer(args)
+        model = spec.build(args)
     plan = spec.tp_plan(model, sequence_parallel=sequence_parallel, loss_parallel=loss_parallel)
     parallelize_module(model, mesh, plan)
     model.to_empty(device="cpu")  # re-ties the embedding, which the plan had split
@@ -74,13 +73,14 @@ def _tp_vs_single(sequence_parallel, loss_parallel, tie, backend, mask):
     return init_equal, abs(loss - ref_loss), worst
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("sequence_parallel,loss_parallel,tie,backend,mask", [
     (True, True, False, "sdpa", "causal"),
     (False, False, True, "sdpa", "block_causal"),
     (True, True, True, "flex", "block_causal"),
 ])
-def test_tp_plan_matches_one_process(pool, sequence_parallel, loss_parallel, tie, backend, mask):
-    for init_equal, loss_diff, grad_err in pool.run(_tp_vs_single, sequence_parallel, loss_parallel,
+def test_tp_plan_matches_one_process(pool, family, sequence_parallel, loss_parallel, tie, backend, mask):
+    for init_equal, loss_diff, grad_err in pool.run(_tp_vs_single, family, sequence_parallel, loss_parallel,
                                                     tie, backend, mask):
         assert init_equal, "init_weights under TP differs from the single-process init"
         assert loss_diff < 1e-5

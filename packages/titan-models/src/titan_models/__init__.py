@@ -1,4 +1,4 @@
-"""titan-models: the Llama 3 family as plain nn.Modules, parallel plans as data, HF interop."""
+"""titan-models: model families (Llama 3, Qwen 3) as plain nn.Modules, parallel plans as data, HF interop."""
 
 from titan_models.errors import ModelConfigError
 from titan_models.llama import (
@@ -9,8 +9,9 @@ from titan_models.llama import (
     TransformerBlock,
     args_from_hf_config,
 )
+from titan_models.qwen3 import Qwen3Args, Qwen3Model, Qwen3StateDictAdapter
 from titan_models.registry import MODEL_SPECS, get_model_spec
-from titan_models.spec import ModelSpec
+from titan_models.spec import ModelShape, ModelSpec, RunOptions
 
 __version__ = "0.1.0"
 
@@ -19,8 +20,13 @@ __all__ = [
     "LlamaArgs",
     "LlamaStateDictAdapter",
     "ModelConfigError",
+    "ModelShape",
     "ModelSpec",
+    "Qwen3Args",
+    "Qwen3Model",
+    "Qwen3StateDictAdapter",
     "RopeScaling",
+    "RunOptions",
     "Transformer",
     "TransformerBlock",
     "args_from_hf_config",

@@ -65,3 +65,7 @@ def normal(std: float) -> Callable[[torch.Tensor, torch.Generator], None]:
 
 def ones(t: torch.Tensor, g: torch.Generator) -> None:
     t.fill_(1.0)
+
+
+def zeros(t: torch.Tensor, g: torch.Generator) -> None:
+    t.zero_()

@@ -1,7 +1,19 @@
-"""ModelSpec: everything a trainer and the parallel appliers need to know about a model family."""
+"""ModelSpec: everything a trainer, the parallel appliers and the tools need to know about a model
+family, as data and small functions, so that no package outside titan-models names a family's
+modules or fields.
+
+    spec = titan_models.get_model_spec("qwen3")
+    args = spec.args_for("0.6B")                       # or spec.args_from_hf_config(config_dict)
+    args = spec.configure(args, RunOptions(max_seq_len=8192, vocab_size=151936))
+    spec.validate(args, tp=2)
+    with torch.device("meta"):
+        model = spec.build(args)
+    spec.state_dict_adapter(args).from_hf(hf_state_dict)  # .to_hf(state_dict), .hf_config(dtype)
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -12,19 +24,114 @@ from titan_models.errors import unknown_name
 
 
 @dataclass(frozen=True)
+class ModelShape:
+    """A model's sizes as plain numbers: what memory estimates, parameter and FLOP counts and
+    parallel-degree checks need. Attention widths: n_heads x head_dim for q, n_kv_heads x head_dim
+    for k and v (head_dim need not be dim / n_heads)."""
+
+    n_layers: int
+    dim: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    ffn_hidden: int
+    vocab_size: int
+    tie_embeddings: bool
+    qk_norm: bool = False          # per-head RMSNorm of q and k (Qwen 3)
+    attention_bias: bool = False   # biases on wq, wk, wv, wo
+
+    @property
+    def q_dim(self) -> int:
+        return self.n_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.head_dim
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What a trainer may set on any family's args (None: keep the flavor's value). Each family
+    maps these to its own fields (`ModelSpec.configure`)."""
+
+    max_seq_len: int | None = None            # the RoPE table's length: the training sequence length
+    vocab_size: int | None = None
+    n_layers: int | None = None               # a truncated model (benchmarks of big layouts)
+    tie_embeddings: bool | None = None
+    attn_backend: str | None = None           # "sdpa" | "flex"
+    attn_mask: str | None = None              # "causal" | "block_causal"
+    sdpa_kernels: tuple[str, ...] | None = None
+    eos_id: int | None = None                 # document separator for block_causal
+    repeat_kv: bool | None = None             # k, v repeated to all heads (torch's ring attention)
+
+
+def replace_fields(args: Any, options: RunOptions, *, where: str) -> Any:
+    """`configure` for families whose args have RunOptions' field names (dataclasses.replace with
+    the options that are set); an option the args lack is a ModelConfigError."""
+    changes = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)
+               if getattr(options, f.name) is not None}
+    names = {f.name for f in dataclasses.fields(args)}
+    for key in changes:
+        if key not in names:
+            raise unknown_name(f"{where} option", key, names)
+    return dataclasses.replace(args, **changes)
+
+
+def decoder_params(s: ModelShape, *, exclude_embedding: bool = False) -> int:
+    """Parameters of a decoder of this shape (tied weights once): embedding, blocks (attention
+    with its optional biases and q/k norms, SwiGLU, two norms), final norm, output."""
+    attention = 2 * s.dim * s.q_dim + 2 * s.dim * s.kv_dim
+    if s.attention_bias:
+        attention += s.q_dim + 2 * s.kv_dim + s.dim
+    if s.qk_norm:
+        attention += 2 * s.head_dim
+    block = attention + 3 * s.dim * s.ffn_hidden + 2 * s.dim
+    embedding = s.vocab_size * s.dim
+    total = embedding + s.n_layers * block + s.dim + (0 if s.tie_embeddings else embedding)
+    return total - embedding if exclude_embedding else total
+
+
+def decoder_flops_per_token(s: ModelShape, seq_len: int) -> float:
+    """Training FLOPs (forward + backward) per token, the numerator of MFU:
+
+        6 * (params - embedding table) + 12 * n_layers * n_heads * head_dim * seq_len
+
+    6N: each weight does one multiply-add (2 FLOPs) forward and two backward. The table lookup does
+    no math and is left out; the output projection is a matmul and is counted even when it shares
+    its weight with the table (tied). The second term is QK^T and AV (2 matmuls x 2 FLOPs x 3 for
+    forward + backward) over the full seq_len x seq_len square, the usual convention, although a
+    causal mask skips half of it. (torchtitan leaves a tied output projection out.)
+    """
+    dense = decoder_params(s, exclude_embedding=True) + (s.vocab_size * s.dim if s.tie_embeddings else 0)
+    return float(6 * dense + 12 * s.n_layers * s.q_dim * seq_len)
+
+
+def rope_buffers(model: nn.Module) -> list[tuple[Any, int]]:
+    """The decoder's buffers with a sequence dim (its RoPE table, sequence on dim 0), for context
+    parallel to shard beside the tokens."""
+    table = getattr(model, "freqs_cis", None)
+    return [] if table is None else [(table, 0)]
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A model family: its flavors, how to build it, and how it wants to be parallelized, as data.
 
     build(args_or_flavor) -> nn.Module on the current default device (wrap in
         `with torch.device("meta")` for large models, then to_empty + init_weights()).
+    configure(args, RunOptions) -> args with a trainer's run options applied.
+    shape(args) -> ModelShape: sizes for estimates and checks.
+    num_params(args, exclude_embedding=False) / flops_per_token(args, seq_len): for MFU and logs.
     tp_plan(model, *, sequence_parallel=True, loss_parallel=True) -> {FQN pattern: ParallelStyle}.
-    validate(args, *, tp=1, cp=1, pp=1, sequence_parallel=True): raises ModelConfigError.
+    validate(args, *, tp=1, cp=1, pp=1, sequence_parallel=True, names=None): ModelConfigError.
     state_dict_adapter(args) -> object with to_hf(sd), from_hf(hf_sd), hf_config(dtype).
     args_from_hf_config(config_dict, **overrides) -> args.
     pipeline_split_points(args) -> block FQNs at which a new pipeline stage may start.
+    cp_buffers(model) -> [(tensor, seq_dim)]: buffers context parallel shards with the tokens.
     blocks: attribute holding the repeated blocks (units of FSDP, activation checkpointing and
-        compile); float8_skip: name substrings of linears that must stay in high precision
-        whatever the user's float8 settings (e.g. a MoE router); the output layer is the user's choice.
+        compile); attention_cores: module pattern of the attention kernels (Ulysses hooks them);
+        float8_skip: name substrings of linears that must stay in high precision whatever the
+        user's float8 settings (e.g. a MoE router); the output layer is the user's choice.
     """
 
     name: str
@@ -35,9 +142,14 @@ class ModelSpec:
     state_dict_adapter: Callable[[Any], Any]
     args_from_hf_config: Callable[..., Any]
     pipeline_split_points: Callable[[Any], list[str]]
-    override: Callable[..., Any]  # (args, overrides: dict, where=str) -> args
+    override: Callable[..., Any]  # (args, overrides: dict, where=str) -> args (field names of this family)
+    shape: Callable[[Any], ModelShape]
+    configure: Callable[[Any, RunOptions], Any] | None = None
+    cp_buffers: Callable[[nn.Module], list] = rope_buffers
     blocks: str = "layers"
+    attention_cores: str = "layers.*.attention.sdpa"
     float8_skip: tuple[str, ...] = ()
+    description: str = ""
 
     def args_for(self, flavor: str, **overrides: Any) -> Any:
         """The flavor's args with fields replaced, validated (unknown flavor or field: error)."""
@@ -46,3 +158,15 @@ class ModelSpec:
         args = self.override(self.flavors[flavor], overrides, where=f"{self.name} {flavor}")
         self.validate(args)
         return args
+
+    def with_options(self, args: Any, options: RunOptions) -> Any:
+        """`args` with a trainer's run options applied (the family's configure, or its fields)."""
+        if self.configure is not None:
+            return self.configure(args, options)
+        return replace_fields(args, options, where=self.name)
+
+    def num_params(self, args: Any, *, exclude_embedding: bool = False) -> int:
+        return decoder_params(self.shape(args), exclude_embedding=exclude_embedding)
+
+    def flops_per_token(self, args: Any, seq_len: int) -> float:
+        return decoder_flops_per_token(self.shape(args), seq_len)

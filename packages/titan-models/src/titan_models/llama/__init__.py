@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from titan_models.common.rope import RopeScaling
 from titan_models.errors import unknown_name
-from titan_models.llama.args import LlamaArgs, RopeScaling, with_overrides
+from titan_models.llama.args import LlamaArgs, with_overrides
 from titan_models.llama.flavors import FLAVORS
 from titan_models.llama.hf import LlamaStateDictAdapter, args_from_hf_config
 from titan_models.llama.model import Transformer, TransformerBlock
@@ -22,10 +23,10 @@ def build(args: LlamaArgs | str) -> Transformer:
 
 
 def tp_plan(model, *, sequence_parallel: bool = True, loss_parallel: bool = True) -> dict:
-    """See titan_models.llama.plan (imported lazily: it pulls in torch.distributed.tensor)."""
-    from titan_models.llama.plan import tp_plan as plan
+    """See titan_models.common.plan (imported lazily: it pulls in torch.distributed.tensor)."""
+    from titan_models.common.plan import decoder_tp_plan
 
-    return plan(model, sequence_parallel=sequence_parallel, loss_parallel=loss_parallel)
+    return decoder_tp_plan(model, sequence_parallel=sequence_parallel, loss_parallel=loss_parallel)
 
 
 def pipeline_split_points(args: LlamaArgs) -> list[str]:
@@ -44,8 +45,10 @@ LLAMA3 = ModelSpec(
     args_from_hf_config=args_from_hf_config,
     pipeline_split_points=pipeline_split_points,
     override=with_overrides,
+    shape=LlamaArgs.shape,
+    description="Llama 3 / 3.1 / 3.2 (Meta's module names and RoPE pairs; HF adapter permutes wq/wk)",
 )
 
-__all__ = ["LLAMA3", "FLAVORS", "LlamaArgs", "LlamaStateDictAdapter", "RopeScaling", "Transformer",
+__all__ = ["FLAVORS", "LLAMA3", "LlamaArgs", "LlamaStateDictAdapter", "RopeScaling", "Transformer",
            "TransformerBlock", "args_from_hf_config", "build", "pipeline_split_points", "tp_plan",
            "validate"]

@@ -6,25 +6,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from titan_models.common.rope import RopeScaling
 from titan_models.errors import unknown_name
+from titan_models.spec import ModelShape, decoder_flops_per_token, decoder_params
 
 if TYPE_CHECKING:
     from torch import nn
-
-
-@dataclass(frozen=True)
-class RopeScaling:
-    """Llama 3.1 RoPE frequency scaling ("llama3" rope_type in Hugging Face configs).
-
-    Wavelengths shorter than original_max_seq_len / high_freq_factor keep their frequency, those
-    longer than original_max_seq_len / low_freq_factor are divided by `factor`, and the band in
-    between is interpolated smoothly.
-    """
-
-    factor: float = 8.0
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
-    original_max_seq_len: int = 8192
 
 
 @dataclass(frozen=True)
@@ -78,6 +65,11 @@ class LlamaArgs:
             hidden = int(self.ffn_dim_multiplier * hidden)
         return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
 
+    def shape(self) -> ModelShape:
+        return ModelShape(n_layers=self.n_layers, dim=self.dim, n_heads=self.n_heads, n_kv_heads=self.kv_heads,
+                          head_dim=self.head_dim, ffn_hidden=self.hidden_dim, vocab_size=self.vocab_size,
+                          tie_embeddings=self.tie_embeddings)
+
     def num_params(self, model: nn.Module | None = None, *, exclude_embedding: bool = False) -> int:
         """Parameter count of `model` (tied weights once, DTensors at global size), or, with no
         model, computed from the shapes. `exclude_embedding` leaves out the token embedding table.
@@ -86,32 +78,11 @@ class LlamaArgs:
             total = sum(p.numel() for p in model.parameters())  # parameters() dedups tied weights
             emb = getattr(model, "tok_embeddings", None)
             return total - (emb.weight.numel() if exclude_embedding and emb is not None else 0)
-        embedding = self.vocab_size * self.dim
-        total = embedding + self.n_layers * self._block_params() + self.dim  # + final norm
-        if not self.tie_embeddings:
-            total += self.vocab_size * self.dim
-        return total - embedding if exclude_embedding else total
-
-    def _block_params(self) -> int:
-        q_and_o = 2 * self.dim * self.n_heads * self.head_dim
-        k_and_v = 2 * self.dim * self.kv_heads * self.head_dim
-        return q_and_o + k_and_v + 3 * self.dim * self.hidden_dim + 2 * self.dim
+        return decoder_params(self.shape(), exclude_embedding=exclude_embedding)
 
     def num_flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs (forward + backward) per token, the numerator of MFU.
-
-            6 * (params - embedding table) + 12 * n_layers * n_heads * head_dim * seq_len
-
-        6N: each weight does one multiply-add (2 FLOPs) forward and two backward. The table lookup
-        does no math, so it is left out; the output projection is a matmul and is counted even when
-        it shares its weight with the table (tie_embeddings). The second term is QK^T and AV
-        (2 matmuls x 2 FLOPs x 3 for forward + backward) over the full seq_len x seq_len square,
-        the usual convention, although a causal mask skips half of it.
-        """
-        dense = self.num_params(exclude_embedding=True)
-        if self.tie_embeddings:
-            dense += self.vocab_size * self.dim
-        return float(6 * dense + 12 * self.n_layers * self.n_heads * self.head_dim * seq_len)
+        """Training FLOPs per token (see titan_models.spec.decoder_flops_per_token)."""
+        return decoder_flops_per_token(self.shape(), seq_len)
 
 
 def with_overrides(args: LlamaArgs, overrides: dict[str, Any], *, where: str) -> LlamaArgs:

@@ -1,141 +1,28 @@
-"""The Llama 3 transformer with Meta's module names.
+"""The Llama 3 transformer with Meta's module names (the common decoder, Llama's blocks).
 
-    tok_embeddings -> layers["0".."N-1"] (TransformerBlock) -> norm -> output
-
-Pipeline stages are made by deleting entries of `layers` (an nn.ModuleDict, so the remaining
-blocks keep their names) and setting `tok_embeddings`, `norm` or `output` to None: the forward
-then takes or returns hidden states [batch, seq, dim] at that end.
+    tok_embeddings -> layers["0".."N-1"] (attention_norm, attention.{wq,wk,wv,wo}, ffn_norm,
+    feed_forward.{w1,w2,w3}) -> norm -> output
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from titan_models import init as winit
+from titan_models.common.attention import AttentionShape
+from titan_models.common.decoder import Decoder, DecoderBlock
 from titan_models.llama.args import LlamaArgs
-from titan_models.llama.attention import Attention
-from titan_models.llama.masks import MaskBuilder
-from titan_models.llama.rope import rope_table
+
+TransformerBlock = DecoderBlock
 
 
-class FeedForward(nn.Module):
-    """SwiGLU: w2(silu(w1 x) * w3 x)."""
-
-    def __init__(self, dim: int, hidden_dim: int) -> None:
-        super().__init__()
-        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
-        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
-        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+def attention_shape(args: LlamaArgs) -> AttentionShape:
+    return AttentionShape(dim=args.dim, n_heads=args.n_heads, n_kv_heads=args.kv_heads, head_dim=args.head_dim,
+                          rope_layout="pairs", backend=args.attn_backend, sdpa_kernels=args.sdpa_kernels,
+                          repeat_kv=args.repeat_kv)
 
 
-class TransformerBlock(nn.Module):
-    """Pre-norm block: x + attention(norm(x)), then h + feed_forward(norm(h))."""
-
-    def __init__(self, args: LlamaArgs) -> None:
-        super().__init__()
-        self.attention_norm = nn.RMSNorm(args.dim, eps=args.norm_eps)
-        self.attention = Attention(args)
-        self.ffn_norm = nn.RMSNorm(args.dim, eps=args.norm_eps)
-        self.feed_forward = FeedForward(args.dim, args.hidden_dim)
-
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, mask=None) -> torch.Tensor:
-        # Three positional arguments always, so a TP PrepareModuleInput can name their layouts.
-        h = x + self.attention(self.attention_norm(x), rope, mask)
-        return h + self.feed_forward(self.ffn_norm(h))
-
-
-class Transformer(nn.Module):
+class Transformer(Decoder):
     """Llama 3 decoder. Built on the current default device; a model built on a real device is
     initialized at once, one built on meta waits for to_empty() and init_weights()."""
 
     def __init__(self, args: LlamaArgs) -> None:
-        super().__init__()
-        self.args = args
-        self.tok_embeddings: nn.Embedding | None = nn.Embedding(args.vocab_size, args.dim)
-        self.layers = nn.ModuleDict({str(i): TransformerBlock(args) for i in range(args.n_layers)})
-        self.norm: nn.RMSNorm | None = nn.RMSNorm(args.dim, eps=args.norm_eps)
-        self.output: nn.Linear | None = nn.Linear(args.dim, args.vocab_size, bias=False)
-        # Not persistent: recomputed by init_weights, never checkpointed. Sequence on dim 0 so
-        # context parallel can shard it together with the tokens.
-        self.register_buffer("freqs_cis", self._rope_table(None), persistent=False)
-        self._masks = MaskBuilder(args.attn_backend, args.attn_mask, args.eos_id)
-        self.tie_weights()
-        if self.freqs_cis.device.type != "meta":
-            self.init_weights()
-
-    def _rope_table(self, device: torch.device | None) -> torch.Tensor:
-        a = self.args
-        return rope_table(a.head_dim, a.max_seq_len, a.rope_theta, a.rope_scaling, device)
-
-    def tie_weights(self) -> None:
-        """Make output.weight the embedding table again when tie_embeddings is set.
-
-        Called after every device/dtype move (to_empty creates separate tensors for the two
-        names); call it after anything else that replaces parameters, e.g. a TP plan.
-        """
-        if self.args.tie_embeddings and self.tok_embeddings is not None and self.output is not None:
-            self.output.weight = self.tok_embeddings.weight
-
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        self.tie_weights()
-        return self
-
-    def forward(self, tokens: torch.Tensor, *, mask_tokens: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens: int [batch, seq] (or hidden [batch, seq, dim] without tok_embeddings).
-
-        Returns logits [batch, seq, vocab] (hidden states without `output`). `mask_tokens`: the
-        token ids, needed for attn_mask="block_causal" by stages without tok_embeddings.
-        """
-        if self.tok_embeddings is not None:
-            h = self.tok_embeddings(tokens)
-            mask_tokens = tokens if mask_tokens is None else mask_tokens
-        else:
-            h = tokens
-        mask = self._masks(mask_tokens, h.device)
-        for layer in self.layers.values():
-            # The whole table: attention takes the rows for its (possibly all-gathered) length.
-            h = layer(h, self.freqs_cis, mask)
-        if self.norm is not None:
-            h = self.norm(h)
-        return self.output(h) if self.output is not None else h
-
-    @torch.no_grad()
-    def init_weights(self) -> None:
-        """Initialize every parameter from torch.initial_seed() and its name (see titan_models.init)
-        and recompute the RoPE table. Independent of parameter order, of which layers exist and of
-        sharding; run DTensor models under DTensor's implicit_replication()."""
-        seed = torch.initial_seed()
-        for fqn, param in self.named_parameters():
-            name = winit.canonical_name(fqn)
-            winit.fill_by_name(param, name, seed, self._init_rule(name))
-        table = self._rope_table(self.freqs_cis.device)
-        self.freqs_cis.copy_(table[: self.freqs_cis.shape[0]])
-
-    def _init_rule(self, name: str):
-        a = self.args
-        scaled_dim = a.dim ** -0.5
-        if name.endswith("norm.weight"):
-            return winit.ones
-        if name == "tok_embeddings.weight":
-            # Untied: unit normal (RMSNorm follows). Tied, the table is also the output projection
-            # and gets its std, so initial logits stay O(1).
-            return winit.trunc_normal(scaled_dim) if a.tie_embeddings else winit.normal(1.0)
-        if name == "output.weight":
-            return winit.trunc_normal(scaled_dim)
-        parts = name.split(".")
-        if parts[0] == "layers" and len(parts) == 5:
-            layer, proj = int(parts[1]), parts[3]
-            if proj in ("wq", "wk", "wv", "w1"):
-                return winit.trunc_normal(0.02)
-            if proj in ("wo", "w2", "w3"):
-                # Projections writing into the residual stream shrink with depth so the sum of
-                # 2 * n_layers contributions keeps a stable scale.
-                depth = 2 * (layer + 1) if a.depth_init else 2 * a.n_layers
-                return winit.trunc_normal(0.02 / depth ** 0.5)
-        raise RuntimeError(f"no initialization rule for parameter {name!r}")
+        shape = attention_shape(args)
+        super().__init__(args, lambda i: DecoderBlock(shape, args.hidden_dim, args.norm_eps), args.head_dim)

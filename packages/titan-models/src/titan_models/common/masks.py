@@ -15,8 +15,9 @@ batch. An argument is saved and replayed with the block's other inputs.
 from __future__ import annotations
 
 import torch
-
 from titan_models.errors import ModelConfigError
+
+MASKS = ("causal", "block_causal")
 
 
 def document_ids(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:

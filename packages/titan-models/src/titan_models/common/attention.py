@@ -1,29 +1,34 @@
 """Grouped-query self-attention with a swappable attention core (`attention.sdpa`).
 
+    x -> wq, wk, wv (optional biases) -> [q_norm, k_norm per head] -> RoPE(q, k) -> core -> wo
+
 The core sees q, k, v as [batch, heads, seq, head_dim] after RoPE. k and v keep their n_kv_heads
-(query head i reads kv head i // (n_heads / n_kv_heads), as in Meta's and HF's code) and the
-core attends with grouped-query support (SDPA's and flex's enable_gqa): repeating them would cost
-an extra copy of k and v per layer, saved for backward. With `LlamaArgs.repeat_kv` they arrive
-repeated to the query heads, for cores that need equal head counts (torch's ring attention).
-Head counts are read from the projection outputs (view with -1), so column-sharded wq/wk/wv under
-tensor parallelism just work with local heads.
+(query head i reads kv head i // (n_heads / n_kv_heads), as in Meta's and HF's code) and the core
+attends with grouped-query support (SDPA's and flex's enable_gqa): repeating them would cost an
+extra copy of k and v per layer, saved for backward. With `repeat_kv` they arrive repeated to the
+query heads, for cores that need equal head counts (torch's ring attention). head_dim is its own
+argument (Qwen 3: 16 heads x 128 on a 1024-wide model). Head counts are read from the projection
+outputs (view with -1), so column-sharded wq/wk/wv under tensor parallelism just work with local heads.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from titan_models.common.masks import causal_block_mask
+from titan_models.common.rope import apply_rope
+from titan_models.errors import ModelConfigError, unknown_name
 from torch import nn
 
-from titan_models.errors import ModelConfigError, unknown_name
-from titan_models.llama.args import LlamaArgs
-from titan_models.llama.masks import causal_block_mask
-from titan_models.llama.rope import apply_rope
+SDPA_KERNELS = ("cudnn", "flash", "efficient", "math")
+BACKENDS = ("sdpa", "flex")
 
 
-def _sdpa_backends(names: tuple[str, ...]) -> list:
+def sdpa_backends(names: tuple[str, ...]) -> list:
+    """torch SDPBackend values for kernel names (SDPA_KERNELS), in the given order."""
     from torch.nn.attention import SDPBackend
 
     table = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
@@ -46,7 +51,7 @@ class SDPACore(nn.Module):
     def __init__(self, kernels: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.kernels = tuple(kernels)
-        self._backends = _sdpa_backends(self.kernels) if self.kernels else None
+        self._backends = sdpa_backends(self.kernels) if self.kernels else None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -105,27 +110,46 @@ class FlexCore(nn.Module):
         return _flex(q, k, v, mask)
 
 
-CORES: dict[str, type[nn.Module]] = {"sdpa": SDPACore, "flex": FlexCore}
-
-
 def make_core(backend: str, sdpa_kernels: tuple[str, ...] = ()) -> nn.Module:
-    if backend not in CORES:
-        raise unknown_name("attn_backend", backend, CORES)
-    return SDPACore(sdpa_kernels) if backend == "sdpa" else CORES[backend]()
+    if backend not in BACKENDS:
+        raise unknown_name("attn_backend", backend, BACKENDS)
+    return SDPACore(sdpa_kernels) if backend == "sdpa" else FlexCore()
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    """One attention layer's widths and options."""
+
+    dim: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    bias: bool = False                 # biases on wq, wk, wv and wo (GPT-OSS; Qwen 2)
+    qk_norm_eps: float | None = None   # RMSNorm(head_dim) of q and k per head, before RoPE (Qwen 3)
+    rope_layout: str = "pairs"         # see common.rope
+    backend: str = "sdpa"
+    sdpa_kernels: tuple[str, ...] = ()
+    repeat_kv: bool = False
 
 
 class Attention(nn.Module):
-    """wq/wk/wv/wo projections (no bias), RoPE on q and k, then the core `sdpa`."""
+    """wq/wk/wv/wo projections, optional per-head q/k RMSNorm, RoPE on q and k, then the core `sdpa`."""
 
-    def __init__(self, args: LlamaArgs) -> None:
+    def __init__(self, s: AttentionShape) -> None:
         super().__init__()
-        self.head_dim = args.head_dim
-        self.wq = nn.Linear(args.dim, args.n_heads * self.head_dim, bias=False)
-        self.wk = nn.Linear(args.dim, args.kv_heads * self.head_dim, bias=False)
-        self.wv = nn.Linear(args.dim, args.kv_heads * self.head_dim, bias=False)
-        self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
-        self.sdpa = make_core(args.attn_backend, args.sdpa_kernels)
-        self.repeat_kv = args.repeat_kv
+        self.head_dim = s.head_dim
+        self.rope_layout = s.rope_layout
+        self.wq = nn.Linear(s.dim, s.n_heads * s.head_dim, bias=s.bias)
+        self.wk = nn.Linear(s.dim, s.n_kv_heads * s.head_dim, bias=s.bias)
+        self.wv = nn.Linear(s.dim, s.n_kv_heads * s.head_dim, bias=s.bias)
+        self.wo = nn.Linear(s.n_heads * s.head_dim, s.dim, bias=s.bias)
+        if s.qk_norm_eps is not None:
+            self.q_norm = nn.RMSNorm(s.head_dim, eps=s.qk_norm_eps)
+            self.k_norm = nn.RMSNorm(s.head_dim, eps=s.qk_norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
+        self.sdpa = make_core(s.backend, s.sdpa_kernels)
+        self.repeat_kv = s.repeat_kv
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, mask=None) -> torch.Tensor:
         """x [batch, seq, dim]; rope: the RoPE table, at least seq rows (its first seq are used:
@@ -135,9 +159,13 @@ class Attention(nn.Module):
             raise ModelConfigError(f"sequence length {seq} is longer than the RoPE table "
                                    f"({rope.shape[0]} rows): raise max_seq_len")
         rope = rope[:seq]
-        q = apply_rope(self.wq(x).view(bsz, seq, -1, self.head_dim), rope)
-        k = apply_rope(self.wk(x).view(bsz, seq, -1, self.head_dim), rope)
+        q = self.wq(x).view(bsz, seq, -1, self.head_dim)
+        k = self.wk(x).view(bsz, seq, -1, self.head_dim)
         v = self.wv(x).view(bsz, seq, -1, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rope(q, rope, self.rope_layout)
+        k = apply_rope(k, rope, self.rope_layout)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         repeats = q.shape[1] // k.shape[1]
         if self.repeat_kv and repeats > 1:  # query head i reads kv head i // repeats

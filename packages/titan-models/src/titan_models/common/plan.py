@@ -1,4 +1,4 @@
-"""The tensor-parallel plan of a Llama Transformer, as torch ParallelStyle objects.
+"""The tensor-parallel plan of the common decoder (common.decoder), as torch ParallelStyle objects.
 
 The only module of titan-models that imports torch.distributed.tensor; importing it needs no
 process group. Apply with torch.distributed.tensor.parallel.parallelize_module(model, tp_mesh,
@@ -8,7 +8,10 @@ Megatron layout: wq/wk/wv/w1/w3 split their output features (heads), wo/w2 their
 so each block needs one all-reduce (or, with sequence parallel, one all-gather + one
 reduce-scatter) per attention and per feed-forward. With sequence parallel, the norms and
 residual stream hold a sequence shard (Shard(1)). With loss parallel, logits stay sharded over
-the vocabulary (a DTensor, Shard(-1)) for torch's loss_parallel() cross-entropy.
+the vocabulary (a DTensor, Shard(-1)) for torch's loss_parallel() cross-entropy. Per-head q/k norms
+(Qwen 3) see this rank's heads: their weights are replicated with the heads dim (2) as the sharded
+one, so each rank's weight gradient is a partial sum that is reduced like a sequence-parallel norm's.
+Biases of wo / w2 (row-parallel) are added once, by torch's RowwiseParallel, after the reduction.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ from torch.distributed.tensor.parallel import (
 )
 
 
-def tp_plan(model: nn.Module, *, sequence_parallel: bool = True,
-            loss_parallel: bool = True) -> dict[str, ParallelStyle]:
+def decoder_tp_plan(model: nn.Module, *, sequence_parallel: bool = True,
+                    loss_parallel: bool = True) -> dict[str, ParallelStyle]:
     """FQN pattern -> ParallelStyle for `model` (whole, or a pipeline stage: absent parts skipped).
 
     With tie_embeddings, both tok_embeddings and output shard the shared weight on dim 0; call
@@ -53,6 +56,10 @@ def tp_plan(model: nn.Module, *, sequence_parallel: bool = True,
             "layers.*.feed_forward": PrepareModuleInput(
                 input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
         })
+    block = next(iter(model.layers.values()), None) if getattr(model, "layers", None) is not None else None
+    if block is not None and getattr(block.attention, "q_norm", None) is not None:
+        plan.update({"layers.*.attention.q_norm": SequenceParallel(sequence_dim=2, use_local_output=True),
+                     "layers.*.attention.k_norm": SequenceParallel(sequence_dim=2, use_local_output=True)})
     plan.update({
         "layers.*.attention.wq": ColwiseParallel(),
         "layers.*.attention.wk": ColwiseParallel(),

@@ -1,0 +1,60 @@
+"""Hyper-parameters of a Qwen 3 (dense) model."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from titan_models.common.rope import RopeScaling, YarnScaling
+from titan_models.errors import unknown_name
+from titan_models.spec import ModelShape
+
+
+@dataclass(frozen=True)
+class Qwen3Args:
+    """Shape and options of a Qwen 3 dense transformer.
+
+    Against Llama 3: head_dim is its own number (0.6B: 16 heads x 128 on a 1024-wide model), q and k
+    get a per-head RMSNorm before RoPE, RoPE rotates halves (HF's layout, so weights need no
+    permutation), theta 1e6, RMSNorm eps 1e-6, the FFN width is explicit, and the small flavors tie
+    their embeddings. Frozen: derive variants with `ModelSpec.args_for(flavor, **overrides)`.
+    """
+
+    dim: int = 1024
+    n_layers: int = 28
+    n_heads: int = 16
+    n_kv_heads: int = 8
+    head_dim: int = 128
+    hidden_dim: int = 3072
+    vocab_size: int = 151936
+    norm_eps: float = 1e-6
+    rope_theta: float = 1_000_000.0
+    rope_scaling: RopeScaling | YarnScaling | None = None
+    max_seq_len: int = 4096
+    tie_embeddings: bool = True
+    qk_norm: bool = True
+    attn_backend: str = "sdpa"  # "sdpa" | "flex"
+    sdpa_kernels: tuple[str, ...] = ()
+    repeat_kv: bool = False
+    attn_mask: str = "causal"   # "causal" | "block_causal"
+    eos_id: int | None = None
+    depth_init: bool = True
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads
+
+    def shape(self) -> ModelShape:
+        return ModelShape(n_layers=self.n_layers, dim=self.dim, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads,
+                          head_dim=self.head_dim, ffn_hidden=self.hidden_dim, vocab_size=self.vocab_size,
+                          tie_embeddings=self.tie_embeddings, qk_norm=self.qk_norm)
+
+
+def with_overrides(args: Qwen3Args, overrides: dict[str, Any], *, where: str) -> Qwen3Args:
+    """dataclasses.replace with a ModelConfigError naming an unknown field (and the closest one)."""
+    names = [f.name for f in dataclasses.fields(Qwen3Args)]
+    for key in overrides:
+        if key not in names:
+            raise unknown_name(f"{where} override", key, names)
+    return dataclasses.replace(args, **overrides)
