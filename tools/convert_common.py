@@ -25,25 +25,29 @@ def to_dtype(name: str) -> Any:
 
 
 def model_args(parser: argparse.ArgumentParser, *, config_help: str) -> None:
-    parser.add_argument("--model", default="llama3",
+    parser.add_argument("--model", default=None,
                         help="model family in titan_models whose state-dict adapter renames the "
-                             "weights (default: llama3)")
+                             "weights (default: the HF config's model_type, else llama3)")
     parser.add_argument("--flavor", help="model flavor (e.g. 8B) giving the shapes")
     parser.add_argument("--hf-config", type=Path, help=config_help)
 
 
 def adapter_from_args(args: argparse.Namespace, default_config: Path | None = None) -> Any:
     """The model family's HF adapter for a flavor or an HF config.json."""
-    from titan_models import get_model_spec
+    from titan_models import get_model_spec, spec_for_hf_config
 
-    spec = get_model_spec(args.model)
     config_path = args.hf_config or default_config
     if args.flavor and args.hf_config:
         raise ValueError("give --flavor or --hf-config, not both")
+    config = json.loads(config_path.read_text()) if config_path is not None and config_path.is_file() else None
+    if args.model:
+        spec = get_model_spec(args.model)
+    else:
+        spec = spec_for_hf_config(config) if config is not None and not args.flavor else get_model_spec("llama3")
     if args.flavor:
         model_args = spec.args_for(args.flavor)
-    elif config_path is not None and config_path.is_file():
-        model_args = spec.args_from_hf_config(json.loads(config_path.read_text()))
+    elif config is not None:
+        model_args = spec.args_from_hf_config(config)
     else:
         where = f" (no {config_path})" if config_path else ""
         raise ValueError(f"the model shape is needed: pass --flavor or --hf-config{where}")

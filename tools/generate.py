@@ -23,10 +23,11 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from titan_models import RunOptions
 
 
 class GenerateError(ValueError):
@@ -116,22 +117,13 @@ def load_model(spec, args, *, device: torch.device, dtype: torch.dtype, checkpoi
         apply_tp(model, tp_mesh, spec.tp_plan(model, sequence_parallel=False, loss_parallel=False))
         model.tie_weights()
     model.to_empty(device=device)
-    _compute_rope(model, args)  # weights come from the checkpoint; the RoPE table is not saved
     if hf is not None:
         load_hf_weights(hf, model, spec.state_dict_adapter(args))
     else:
         load_model_weights(checkpoint, model)
     model.to(dtype)
-    model.register_buffer("freqs_cis", model.freqs_cis.float(), persistent=False)  # RoPE stays float32
+    model.reset_rope()  # the RoPE table is not saved: computed again, in float32
     return model.eval()
-
-
-@torch.no_grad()
-def _compute_rope(model: torch.nn.Module, args) -> None:
-    from titan_models.common.rope import rope_table
-
-    table = rope_table(args.head_dim, args.max_seq_len, args.rope_theta, args.rope_scaling, model.freqs_cis.device)
-    model.freqs_cis.copy_(table[: model.freqs_cis.shape[0]])
 
 
 def _model_and_tokenizer(a: argparse.Namespace, overrides: list[str]):
@@ -144,18 +136,20 @@ def _model_and_tokenizer(a: argparse.Namespace, overrides: list[str]):
         hf = Path(a.hf).expanduser()
         if not (hf / "config.json").is_file():
             raise GenerateError(f"--hf {a.hf}: no config.json there (expected a Hugging Face model folder)")
-        spec = titan_models.get_model_spec(a.model)
-        args = spec.args_from_hf_config(json.loads((hf / "config.json").read_text()))
+        config = json.loads((hf / "config.json").read_text())
+        spec = titan_models.get_model_spec(a.model) if a.model else titan_models.spec_for_hf_config(config)
+        args = spec.args_from_hf_config(config)
         tokenizer = titan_data.load_tokenizer(a.tokenizer or hf)
     else:
         from titan_mesh import ParallelDims
         from titan_train.config import build_config
-        from titan_train.trainer.setup import build_model_args, tokenizer_path
+        from titan_train.plan import model_args
+        from titan_train.trainer.setup import tokenizer_path
 
         cfg = build_config((["--config", a.config] if a.config else []) + overrides)
         spec = titan_models.get_model_spec(cfg.model.name)
         tokenizer = titan_data.load_tokenizer(a.tokenizer or tokenizer_path(cfg))
-        args = build_model_args(cfg, spec, tokenizer.vocab_size, ParallelDims(world_size=1))
+        args = model_args(cfg, spec, tokenizer.vocab_size, ParallelDims(world_size=1))
     return spec, args, tokenizer
 
 
@@ -178,7 +172,8 @@ def run(a: argparse.Namespace, overrides: list[str]) -> int:
         spec, args, tokenizer = _model_and_tokenizer(a, overrides)
         prompt = tokenizer.encode(prompt_text, bos=True, eos=False)
         # the RoPE table is computed, not loaded: make it long enough for prompt + new tokens
-        args = replace(args, max_seq_len=max(args.max_seq_len, len(prompt) + a.max_new_tokens))
+        length = max(args.max_seq_len, len(prompt) + a.max_new_tokens)
+        args = spec.with_options(args, RunOptions(max_seq_len=length))
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[
             a.dtype or ("bfloat16" if info.device.type == "cuda" else "float32")]
         mesh = _tp_mesh(info.world_size, info.device) if info.world_size > 1 else None
@@ -211,7 +206,7 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     src.add_argument("--hf", help="Hugging Face model folder (config.json + safetensors)")
     ap.add_argument("--step", type=int, help="which step-N under --checkpoint (default: newest)")
     ap.add_argument("--config", help="training config (TOML or shipped name) giving the model and tokenizer")
-    ap.add_argument("--model", default="llama3", help="model family for --hf (default: llama3)")
+    ap.add_argument("--model", default=None, help="model family for --hf (default: config.json's model_type)")
     ap.add_argument("--tokenizer", help="tokenizer file or folder (overrides the config's / the HF folder's)")
     prompt = ap.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="prompt text")

@@ -18,6 +18,7 @@ import convert_meta_to_dcp  # noqa: E402
 import convert_torch_to_dcp  # noqa: E402
 from convert_common import run  # noqa: E402
 from titan_ckpt import CheckpointManager, ModelState, OptimizerState, load_model_weights  # noqa: E402
+from titan_models.llama.original import _concat_dim  # noqa: E402
 
 SCRIPTS = ["convert_dcp_to_torch", "convert_torch_to_dcp", "convert_hf_to_dcp",
            "convert_dcp_to_hf", "convert_meta_to_dcp"]
@@ -98,7 +99,7 @@ def _meta_checkpoint(folder, model, args, n_shards, embed_dim):
     sd = model.state_dict()
     shards = [{} for _ in range(n_shards)]
     for key, value in sd.items():
-        dim = convert_meta_to_dcp._concat_dim(key, [value], {"vocab_size": -1, "dim": -1}) \
+        dim = _concat_dim(key, [value], {"vocab_size": -1, "dim": -1}) \
             if key != "tok_embeddings.weight" else embed_dim
         parts = value.chunk(n_shards, dim=dim) if dim is not None else [value] * n_shards
         for shard, part in zip(shards, parts):

@@ -18,6 +18,11 @@ from torch import nn
 SPEC = titan_models.get_model_spec("llama3")
 ARGS = SPEC.args_for("debugmodel", dim=128, n_layers=1, n_heads=8, n_kv_heads=2, vocab_size=256,
                      ffn_hidden_dim=384, max_seq_len=64)
+# Qwen 3 at the same widths, with head_dim decoupled (8 x 32 = 256 on a 128-wide model) and q/k norms.
+QWEN = titan_models.get_model_spec("qwen3")
+QWEN_ARGS = QWEN.args_for("debugmodel", dim=128, n_layers=1, n_heads=8, n_kv_heads=2, head_dim=32, vocab_size=256,
+                          hidden_dim=384, max_seq_len=64, tie_embeddings=False)
+FAMILIES = {"llama3": (SPEC, ARGS), "qwen3": (QWEN, QWEN_ARGS)}
 BATCH, SEQ = 2, 64
 
 
@@ -38,13 +43,15 @@ def _norm_is_fused() -> bool:
     return any("_fused_rms_norm" in op for op in mode.ops)
 
 
-SHAPE = ActShape.from_args(ARGS, fused_norm=_norm_is_fused())
+SHAPE = ActShape.from_shape(ARGS.shape(), fused_norm=_norm_is_fused())
 
 
-def _builder(mode: str, option: str | None):
+def _builder(mode: str, option: str | None, family: str = "llama3"):
+    spec, args = FAMILIES[family]
+
     def build(n_layers: int) -> nn.Module:
         torch.manual_seed(0)
-        model = SPEC.build(dataclasses.replace(ARGS, n_layers=n_layers)).to(torch.bfloat16)
+        model = spec.build(dataclasses.replace(args, n_layers=n_layers)).to(torch.bfloat16)
         if mode == "selective" and option != "op":
             apply_ac(model, mode="selective", layer_freq=int(option))
         elif mode != "none":
@@ -53,15 +60,18 @@ def _builder(mode: str, option: str | None):
     return build
 
 
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("mode,option", [("none", None), ("full", None), ("selective", "op"), ("selective", "2")])
-def test_per_layer_bytes_match_the_formula(mode, option):
+def test_per_layer_bytes_match_the_formula(mode, option, family):
+    spec, args = FAMILIES[family]
+    shape = ActShape.from_shape(spec.shape(args), fused_norm=_norm_is_fused())
     k = int(option) if option and option.isdigit() else 1
-    tokens = torch.randint(0, ARGS.vocab_size, (BATCH, SEQ))
-    got = layer_activation_bytes(_builder(mode, option), tokens, layers=(k, 2 * k))
-    want = layer_bytes(SHAPE, mode, option or "op", layers=k) * BATCH * SEQ
+    tokens = torch.randint(0, args.vocab_size, (BATCH, SEQ))
+    got = layer_activation_bytes(_builder(mode, option, family), tokens, layers=(k, 2 * k))
+    want = layer_bytes(shape, mode, option or "op", layers=k) * BATCH * SEQ
     assert got["per_layer"] == pytest.approx(want, rel=1e-3), (mode, option, got, want)
     # the head (final norm, logits, log_softmax) within a few bytes per token
-    head = head_bytes(SHAPE).retained * BATCH * SEQ
+    head = head_bytes(shape).retained * BATCH * SEQ
     assert got["head"] == pytest.approx(head, rel=0.01)
 
 
@@ -78,7 +88,7 @@ def test_checkpointing_orders_the_modes():
 
 
 def test_tensor_parallel_divides_what_is_sharded():
-    one = ActShape.from_args(SPEC.args_for("8B"))
+    one = ActShape.from_shape(SPEC.args_for("8B").shape())
     tp8 = dataclasses.replace(one, tp=8)
     # everything but the two all-gathered norm outputs (matmul inputs: full sequence) shrinks 8x
     gathered = 2 * one.act_bytes * one.dim

@@ -10,7 +10,7 @@ def test_description_model_print_first_step_checkpoint_and_compile_backend(capsy
                  "--compile.enable", "--compile.backend", "eager", "--job.dump_folder", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0
-    assert "hello from the test" in out and "Transformer(" in out and "TransformerBlock(" in out
+    assert "hello from the test" in out and "Transformer(" in out and "DecoderBlock(" in out
     saved = sorted(p.name for p in (tmp_path / "checkpoint").iterdir() if p.name.startswith("step-"))
     assert saved[0] == "step-1"  # besides the end-of-run save
 
@@ -54,11 +54,14 @@ def test_model_family_float8_skip_joins_the_configured_filter():
 
     from titan_models import get_model_spec
     from titan_train.config import build_config
-    from titan_train.trainer.build_model import float8_skip
+    from titan_train.plan import float8_options
 
     spec = dataclasses.replace(get_model_spec("llama3"), float8_skip=("attention.wk", "output"))
-    cfg = build_config(["--quantize.linear.float8.filter_fqns", "output,auto_filter_small_kn"])
-    assert float8_skip(cfg, spec) == ("output", "auto_filter_small_kn", "attention.wk")
+    cfg = build_config(["--quantize.linear.float8.filter_fqns", "output,auto_filter_small_kn",
+                        "--model.converters", "quantize.linear.float8"])
+    options = float8_options(cfg, spec)
+    assert options.skip == ("output", "attention.wk") and options.skip_small
+    assert float8_options(build_config([]), spec) is None
 
 
 def test_dataset_config_and_mode_reach_the_loader(tmp_path, capsys, monkeypatch):
@@ -82,3 +85,14 @@ def test_dataset_config_and_mode_reach_the_loader(tmp_path, capsys, monkeypatch)
     dcp_to_torch_save(str(out / "checkpoint" / "step-2"), str(tmp_path / "s.pt"))
     loader = torch.load(tmp_path / "s.pt", weights_only=False)["dataloader"]
     assert list(loader) == ["all_ranks"]  # the layout-independent state: resumes on any dp degree
+
+
+def test_qwen3_debug_trains_on_one_cpu_process(tmp_path, capsys):
+    from titan_train.cli import main
+
+    assert main(["--config", "qwen3_debug", "--training.steps", "20", "--training.seq_len", "64",
+                 "--metrics.log_freq", "1", "--metrics.enable_tensorboard", "false", "--training.seed", "1",
+                 "--job.dump_folder", str(tmp_path)]) == 0
+    assert "Titan: qwen3 debugmodel" in capsys.readouterr().out
+    losses = [r["loss"] for r in _metrics(tmp_path)]
+    assert len(losses) == 20 and sum(losses[-3:]) / 3 < losses[0] - 0.5

@@ -10,7 +10,7 @@ from titan_models.llama import (
     args_from_hf_config,
 )
 from titan_models.qwen3 import Qwen3Args, Qwen3Model, Qwen3StateDictAdapter
-from titan_models.registry import MODEL_SPECS, get_model_spec
+from titan_models.registry import MODEL_SPECS, get_model_spec, spec_for_hf_config
 from titan_models.spec import ModelShape, ModelSpec, RunOptions
 
 __version__ = "0.1.0"
@@ -31,4 +31,5 @@ __all__ = [
     "TransformerBlock",
     "args_from_hf_config",
     "get_model_spec",
+    "spec_for_hf_config",
 ]

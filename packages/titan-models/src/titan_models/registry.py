@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from titan_models.errors import unknown_name
+from titan_models.errors import ModelConfigError, unknown_name
 from titan_models.llama import LLAMA3
 from titan_models.qwen3 import QWEN3
 from titan_models.spec import ModelSpec
@@ -15,3 +15,14 @@ def get_model_spec(name: str) -> ModelSpec:
     if name not in MODEL_SPECS:
         raise unknown_name("model", name, MODEL_SPECS)
     return MODEL_SPECS[name]
+
+
+def spec_for_hf_config(config: dict) -> ModelSpec:
+    """The family that reads a Hugging Face config.json (by its "model_type")."""
+    kind = config.get("model_type")
+    for spec in MODEL_SPECS.values():
+        if kind in spec.hf_model_types:
+            return spec
+    known = {t: s.name for s in MODEL_SPECS.values() for t in s.hf_model_types}
+    raise ModelConfigError(f"HF config model_type {kind!r} is not one Titan reads; known: "
+                           + ", ".join(f"{t} ({n})" for t, n in sorted(known.items())))

@@ -129,7 +129,8 @@ class ModelSpec:
     pipeline_split_points(args) -> block FQNs at which a new pipeline stage may start.
     cp_buffers(model) -> [(tensor, seq_dim)]: buffers context parallel shards with the tokens.
     blocks: attribute holding the repeated blocks (units of FSDP, activation checkpointing and
-        compile); attention_cores: module pattern of the attention kernels (Ulysses hooks them);
+        compile); embedding / head / output: the modules before and after them (module_order(args)
+        lists all in forward order); attention_cores: module pattern of the attention kernels (Ulysses hooks them);
         float8_skip: name substrings of linears that must stay in high precision whatever the
         user's float8 settings (e.g. a MoE router); the output layer is the user's choice.
     """
@@ -147,9 +148,18 @@ class ModelSpec:
     configure: Callable[[Any, RunOptions], Any] | None = None
     cp_buffers: Callable[[nn.Module], list] = rope_buffers
     blocks: str = "layers"
+    embedding: str = "tok_embeddings"               # the module before the blocks
+    head: tuple[str, ...] = ("norm", "output")      # the modules after them, in forward order
+    output: str = "output"                          # the vocabulary projection (tied with the embedding?)
     attention_cores: str = "layers.*.attention.sdpa"
     float8_skip: tuple[str, ...] = ()
+    hf_model_types: tuple[str, ...] = ()            # config.json "model_type" values this family reads
+    load_original: Callable[[Any], tuple[dict, Any]] | None = None  # (folder) -> (state dict, args)
     description: str = ""
+
+    def module_order(self, args: Any) -> list[str]:
+        """Top-level modules in forward order, blocks by name: what pipeline stages are cut from."""
+        return [self.embedding, *(f"{self.blocks}.{i}" for i in range(self.shape(args).n_layers)), *self.head]
 
     def args_for(self, flavor: str, **overrides: Any) -> Any:
         """The flavor's args with fields replaced, validated (unknown flavor or field: error)."""

@@ -1,6 +1,7 @@
 """All appliers in the one order that composes, after checking every request up front.
 
-Order: float8 conversion -> tensor parallel -> activation checkpointing -> compile -> FSDP/DDP.
+Order: float8 conversion -> tensor parallel -> Ulysses context parallel -> activation checkpointing
+-> compile -> FSDP/DDP.
 Float8 swaps Linear modules, so TP must shard the swapped ones; TP hooks must sit inside the
 checkpointed region so recompute replays them; compile wraps the checkpointed block whole; FSDP
 goes last so its hooks wrap everything and run outside the compiled graphs.
@@ -27,7 +28,7 @@ from titan_parallel.data_parallel import (
 )
 from titan_parallel.errors import ParallelConfigError, one_of
 from titan_parallel.float8 import apply_float8, check_float8
-from titan_parallel.modules import Units, resolve_units
+from titan_parallel.modules import Units, match_modules, resolve_units
 from titan_parallel.tensor_parallel import apply_tp, check_tp_sizes, resolve_plan
 
 
@@ -80,6 +81,8 @@ def parallelize(
     tp_plan: Mapping[str, ParallelStyle] | None = None,
     async_tp: bool = False,
     float8_collectives: bool | None = None,
+    ulysses_mesh: DeviceMesh | None = None,
+    attention_modules: str = "layers.*.attention.sdpa",
     ac: ACOptions | None = None,
     compile: CompileOptions | bool = False,
     dp_mesh: DeviceMesh | None = None,
@@ -91,6 +94,8 @@ def parallelize(
     units: the repeated blocks (FSDP units, AC and compile targets); None finds them. float8:
     convert linears first. tp_mesh + tp_plan: tensor parallel (async_tp needs compile and CUDA;
     float8_collectives: float8 all-gathers for tensorwise float8 linears, see apply_tp).
+    ulysses_mesh: Ulysses context parallel over this 1-D mesh for the attention cores matching
+    `attention_modules` (apply_ulysses; shard the batch with context_parallel_ctx at each step).
     ac / compile: per unit. dp_mesh: "fsdp" (1-D FSDP or 2-D HSDP, options in `fsdp`) or "ddp"
     (1-D, no TP). Every request is checked before the model is touched: unknown names,
     indivisible TP sizes, mismatched meshes, missing torchao all raise ParallelConfigError.
@@ -118,6 +123,8 @@ def parallelize(
             raise ParallelConfigError("async_tp=True needs tensor parallel (tp_mesh, tp_plan) and compile")
         if tp_mesh.device_type != "cuda":
             raise ParallelConfigError(f"async_tp=True needs CUDA GPUs; the TP mesh is on {tp_mesh.device_type!r}")
+    if ulysses_mesh is not None:
+        match_modules(model, attention_modules, arg="attention_modules")  # the cores exist
     if ac is not None:
         check_ac(mode=ac.mode, layer_freq=ac.layer_freq, op_policy=ac.op_policy)
     if dp not in ("fsdp", "ddp"):
@@ -145,6 +152,10 @@ def parallelize(
                      precompute_scale=float8.precompute_scale, emulate=float8.emulate)
     if tp_mesh is not None:
         apply_tp(model, tp_mesh, tp_plan, async_tp=async_tp, float8_collectives=float8_collectives)
+    if ulysses_mesh is not None:
+        from titan_parallel.context import apply_ulysses
+
+        apply_ulysses(model, ulysses_mesh, attention_modules=attention_modules)
     if ac is not None:
         apply_ac(model, mode=ac.mode, layer_freq=ac.layer_freq, op_policy=ac.op_policy, units=units)
     if compile_opts is not None:

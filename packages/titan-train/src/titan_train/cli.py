@@ -34,16 +34,19 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 
 
 def _seed_checkpoint(cfg: JobConfig) -> None:
+    import titan_models
+
+    from titan_train.plan import model_args
     from titan_train.trainer.checkpointing import save_seed_checkpoint
-    from titan_train.trainer.setup import build_model_args, build_tokenizer_and_spec
+    from titan_train.trainer.setup import load_tokenizer
 
     if int(os.environ.get("WORLD_SIZE", "1")) != 1:
         raise ConfigError("checkpoint.create_seed_checkpoint runs on one process: launch without torchrun")
     from titan_mesh import ParallelDims, set_determinism
 
-    spec, tokenizer = build_tokenizer_and_spec(cfg)
-    args = build_model_args(cfg, spec, tokenizer.vocab_size, ParallelDims(world_size=1, dp_shard=1),
-                            tokenizer.eos_id)
+    tokenizer = load_tokenizer(cfg)
+    spec = titan_models.get_model_spec(cfg.model.name)
+    args = model_args(cfg, spec, tokenizer.vocab_size, ParallelDims(world_size=1, dp_shard=1), tokenizer.eos_id)
     set_determinism(cfg.training.seed if cfg.training.seed is not None else 0)
     print(f"seed checkpoint written to {save_seed_checkpoint(cfg, spec, args)}")
 

@@ -8,6 +8,7 @@ from titan_models.llama.args import LlamaArgs, with_overrides
 from titan_models.llama.flavors import FLAVORS
 from titan_models.llama.hf import LlamaStateDictAdapter, args_from_hf_config
 from titan_models.llama.model import Transformer, TransformerBlock
+from titan_models.llama.original import load_original
 from titan_models.llama.validate import validate
 from titan_models.spec import ModelSpec
 
@@ -46,6 +47,8 @@ LLAMA3 = ModelSpec(
     pipeline_split_points=pipeline_split_points,
     override=with_overrides,
     shape=LlamaArgs.shape,
+    hf_model_types=("llama",),
+    load_original=load_original,
     description="Llama 3 / 3.1 / 3.2 (Meta's module names and RoPE pairs; HF adapter permutes wq/wk)",
 )
 

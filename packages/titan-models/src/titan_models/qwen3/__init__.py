@@ -44,6 +44,7 @@ QWEN3 = ModelSpec(
     pipeline_split_points=pipeline_split_points,
     override=with_overrides,
     shape=Qwen3Args.shape,
+    hf_model_types=("qwen3",),
     description="Qwen 3 dense (q/k RMSNorm, decoupled head_dim, rotate-half RoPE; HF names without permutation)",
 )
 

@@ -34,8 +34,17 @@ def _toml_value(value: Any) -> str:
     raise TypeError(value)
 
 
+def model_table() -> str:
+    """Each registered family with its flavors (what --model.name / --model.flavor accept)."""
+    import titan_models
+
+    rows = [f"  {name}: {', '.join(spec.flavors)}" + (f"\n      {spec.description}" if spec.description else "")
+            for name, spec in titan_models.MODEL_SPECS.items()]
+    return "Models (--model.name: --model.flavor values):\n" + "\n".join(rows) + "\n"
+
+
 def help_text(shipped: list[str]) -> str:
-    lines = [USAGE.format(shipped=", ".join(shipped))]
+    lines = [USAGE.format(shipped=", ".join(shipped)), model_table()]
 
     def walk(obj: Any, prefix: str, title_doc: str) -> None:
         hints = typing.get_type_hints(type(obj))

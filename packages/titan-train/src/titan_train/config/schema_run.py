@@ -20,8 +20,8 @@ class Job:
 
 @dataclass
 class Model:
-    name: str = opt("llama3", "model family in titan-models' registry")
-    flavor: str = opt("debugmodel", "size within the family (debugmodel, 1B, 3B, 8B, 70B, 405B)")
+    name: str = opt("llama3", "model family in titan-models' registry (see Models above)")
+    flavor: str = opt("debugmodel", "size within the family (see Models above)")
     hf_assets_path: str | None = opt(
         None, "folder holding the tokenizer (tokenizer.model or tokenizer.json), as the download tool leaves it")
     tokenizer_path: str | None = opt(

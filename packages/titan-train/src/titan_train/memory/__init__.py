@@ -33,7 +33,8 @@ def describe(layout: Layout) -> str:
                                          ("FSDP", layout.dp_shard), ("CP", layout.cp), ("TP", layout.tp),
                                          ("PP", layout.pp)) if v > 1]
     ac = layout.ac_mode if layout.ac_mode != "selective" else f"selective {layout.ac_option}"
-    bits = [f"{layout.model_name} {layout.args.n_layers} layers dim {layout.args.dim} vocab {layout.args.vocab_size}",
+    shape = layout.shape
+    bits = [f"{layout.model_name} {shape.n_layers} layers dim {shape.dim} vocab {shape.vocab_size}",
             f"{layout.world_size} GPU(s)" + (f": {' x '.join(degrees)}" if degrees else ""),
             f"batch {layout.local_batch} x seq {layout.seq_len}", f"AC {ac}"]
     if layout.compile_model:
@@ -54,7 +55,7 @@ def estimate(cfg: JobConfig, world_size: int) -> MemoryEstimate:
     layout = plan(cfg, world_size)
     est = estimate_layout(layout, param_sizes(cfg, layout))
     est.layout = describe(layout)
-    est.notes.append(f"vocabulary {layout.args.vocab_size} from {layout.vocab_note}")
+    est.notes.append(f"vocabulary {layout.shape.vocab_size} from {layout.vocab_note}")
     return est
 
 

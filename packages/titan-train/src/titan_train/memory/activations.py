@@ -56,31 +56,44 @@ class ActShape:
     fused_norm: bool = True  # CUDA RMSNorm kernel saves input + rstd; CPU saves fp32 copies
     float8: bool = False     # block linears run in float8 (torchao, tensorwise)
     repeat_kv: bool = False  # k, v repeated to all heads before attention (context parallel)
+    qk_norm: bool = False    # per-head RMSNorm of q and k before RoPE (Qwen 3)
+    n_kv_heads: int = 0
 
     @classmethod
-    def from_args(cls, args, *, vocab: int | None = None, tp: int = 1, loss_parallel: bool = True,
-                  act_bytes: int = 2, fused_norm: bool = True, float8: bool = False) -> ActShape:
-        head_dim = args.dim // args.n_heads
-        kv_heads = args.n_kv_heads or args.n_heads
-        return cls(dim=args.dim, q_dim=args.n_heads * head_dim, kv_dim=kv_heads * head_dim,
-                   hidden=args.hidden_dim, n_heads=args.n_heads, vocab=vocab or args.vocab_size, tp=tp,
-                   loss_parallel=loss_parallel, act_bytes=act_bytes, fused_norm=fused_norm, float8=float8,
-                   repeat_kv=bool(getattr(args, "repeat_kv", False)))
+    def from_shape(cls, s, *, repeat_kv: bool = False, vocab: int | None = None, tp: int = 1,
+                   loss_parallel: bool = True, act_bytes: int = 2, fused_norm: bool = True,
+                   float8: bool = False) -> ActShape:
+        """From a titan_models.ModelShape (any family)."""
+        return cls(dim=s.dim, q_dim=s.q_dim, kv_dim=s.kv_dim, hidden=s.ffn_hidden, n_heads=s.n_heads,
+                   vocab=vocab or s.vocab_size, tp=tp, loss_parallel=loss_parallel, act_bytes=act_bytes,
+                   fused_norm=fused_norm, float8=float8, repeat_kv=repeat_kv, qk_norm=s.qk_norm,
+                   n_kv_heads=s.n_kv_heads)
 
 
-def _norm_terms(s: ActShape, name: str) -> dict[str, float]:
-    """What one RMSNorm keeps: fused kernel -> its input and fp32 rstd; composite (CPU) -> two
-    fp32 copies of the input (x.float() and x * rstd) and rstd. Sequence-sharded under TP."""
-    t, p, d = s.tp, s.act_bytes, s.dim
+def _norm_terms(s: ActShape, name: str, width: int | None = None, rows: int = 1) -> dict[str, float]:
+    """What one RMSNorm keeps per token: fused kernel -> its input and fp32 rstd; composite (CPU)
+    -> two fp32 copies of the input (x.float() and x * rstd) and rstd. `width` values in `rows`
+    groups (q/k norms: head_dim per head); sequence- or head-sharded under TP."""
+    t, p = s.tp, s.act_bytes
+    d = s.dim if width is None else width
     if s.fused_norm:
-        return {f"{name} input": p * d / t, f"{name} rstd": 4 / t}
-    return {f"{name} fp32 copies": 8 * d / t, f"{name} rstd": 4 / t}
+        return {f"{name} input": p * d / t, f"{name} rstd": 4 * rows / t}
+    return {f"{name} fp32 copies": 8 * d / t, f"{name} rstd": 4 * rows / t}
+
+
+def _qk_norm_terms(s: ActShape) -> dict[str, float]:
+    """Per-head q/k RMSNorm before RoPE (Qwen 3): each keeps its input and a rstd per head; RoPE
+    after it keeps nothing."""
+    if not s.qk_norm:
+        return {}
+    return {**_norm_terms(s, "q_norm", s.q_dim, s.n_heads), **_norm_terms(s, "k_norm", s.kv_dim, s.n_kv_heads)}
 
 
 def eager_terms(s: ActShape, *, compiled: bool = False) -> dict[str, float]:
     """Per-token bytes of one layer without activation checkpointing, term by term."""
     t, p, d, q, h = s.tp, s.act_bytes, s.dim, s.q_dim, s.hidden
     terms = _norm_terms(s, "attention_norm")
+    terms.update(_qk_norm_terms(s))
     terms.update({
         "attention_norm output (wq/wk/wv input)": p * d,
         "q after RoPE": p * q / t,

@@ -1,6 +1,6 @@
 """Measure what one transformer layer keeps for backward on this device, next to the formula.
 
-    python -m titan_train.memory.calibrate --flavor 1B --vocab_size 2048 --untied \
+    python -m titan_train.memory.calibrate --model llama3 --flavor 1B --vocab_size 2048 --untied \
         --seq_len 8192 --modes none,full,op,2 --compile both --out calib.json
 
 Builds the real model (titan-models) with the real activation checkpointing and compile
@@ -12,7 +12,6 @@ Run it on a new GPU or torch version to see whether the analytic numbers still h
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 
@@ -24,16 +23,16 @@ from titan_train.memory.measure import layer_activation_bytes
 
 def _build(spec, args, n_layers: int, mode: str, compile_model: bool, device: torch.device,
            float8: bool = False):
+    from titan_models import RunOptions
     from titan_parallel import apply_ac, apply_compile, apply_float8
 
-    a = dataclasses.replace(args, n_layers=n_layers)
     with torch.device("meta"):
-        model = spec.build(a)
+        model = spec.build(spec.with_options(args, RunOptions(n_layers=n_layers)))
     model.to_empty(device=device)
     model.init_weights()
-    model.to(torch.bfloat16)
-    # As under FSDP mixed precision: parameters in bf16, the RoPE table stays float32.
-    model.register_buffer("freqs_cis", model.freqs_cis.float(), persistent=False)
+    # As under FSDP mixed precision: parameters in bf16, buffers (the RoPE table) stay float32.
+    for p in model.parameters():
+        p.data = p.data.to(torch.bfloat16)
     if float8:
         apply_float8(model, recipe="tensorwise", skip=("output",), skip_small=False)
     if mode == "full":
@@ -60,19 +59,23 @@ def _plain_context_fns(model) -> None:
             keywords["context_fn"] = lambda inner=inner: inner()
 
 
-def _param_count(args, n_layers: int) -> int:
-    return dataclasses.replace(args, n_layers=n_layers).num_params()
+def _param_count(spec, args, n_layers: int) -> int:
+    from titan_models import RunOptions
+
+    return spec.num_params(spec.with_options(args, RunOptions(n_layers=n_layers)))
 
 
 def calibrate(flavor: str, *, vocab_size: int, tie: bool, seq_len: int, batch: int, modes: list[str],
               compile_options: list[bool], device: torch.device, out: str | None = None,
-              float8: bool = False) -> list[dict]:
+              float8: bool = False, model: str = "llama3") -> list[dict]:
     import titan_models
+    from titan_models import RunOptions
 
     from titan_train.trainer.step import cross_entropy_loss
 
-    spec = titan_models.get_model_spec("llama3")
-    args = spec.args_for(flavor, vocab_size=vocab_size, tie_embeddings=tie, max_seq_len=seq_len)
+    spec = titan_models.get_model_spec(model)
+    args = spec.with_options(spec.args_for(flavor), RunOptions(vocab_size=vocab_size, tie_embeddings=tie,
+                                                                max_seq_len=seq_len))
     tokens = torch.randint(0, vocab_size, (batch, seq_len), device=device)
     rows = []
     for compiled in compile_options:
@@ -84,7 +87,8 @@ def calibrate(flavor: str, *, vocab_size: int, tie: bool, seq_len: int, batch: i
                 return _build(spec, args, n, mode, compiled, device, float8)
 
             got = layer_activation_bytes(build, tokens, loss_fn, layers=(k, 2 * k), warmup=True)
-            shape = ActShape.from_args(args, vocab=vocab_size, fused_norm=device.type == "cuda", float8=float8)
+            shape = ActShape.from_shape(spec.shape(args), vocab=vocab_size, fused_norm=device.type == "cuda",
+                                        float8=float8)
             ac_mode = "none" if mode == "none" else "full" if mode == "full" else "selective"
             option = "op" if mode == "op" else mode
             want = layer_bytes(shape, ac_mode, option, compiled=compiled, layers=k)
@@ -96,7 +100,7 @@ def calibrate(flavor: str, *, vocab_size: int, tie: bool, seq_len: int, batch: i
                          "formula_head_per_token": head_bytes(shape, compiled=compiled).retained,
                          # includes the small model's bf16 parameter gradients (next column)
                          "peak_over_retained_per_token": got["peak_over_retained"] / tokens_n,
-                         "param_grads_per_token": 2 * _param_count(args, k) / tokens_n,
+                         "param_grads_per_token": 2 * _param_count(spec, args, k) / tokens_n,
                          "formula_transient_per_token": max(
                              head_bytes(shape, compiled=compiled).transient,
                              backward_transient(shape, ac_mode, option, compiled=compiled)),
@@ -112,6 +116,7 @@ def calibrate(flavor: str, *, vocab_size: int, tie: bool, seq_len: int, batch: i
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="llama3", help="model family (titan_models registry)")
     ap.add_argument("--flavor", default="1B")
     ap.add_argument("--vocab_size", type=int, default=2048)
     ap.add_argument("--untied", action="store_true", help="separate output layer (tie_embeddings=False)")
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--compile on/both needs a GPU: on CPU the meter is a dispatch mode, which compile refuses")
     rows = calibrate(a.flavor, vocab_size=a.vocab_size, tie=not a.untied, seq_len=a.seq_len, batch=a.batch,
                      modes=a.modes.split(","), compile_options=compile_options, device=device, out=a.out,
-                     float8=a.float8)
+                     float8=a.float8, model=a.model)
     return 0 if rows else 1
 
 

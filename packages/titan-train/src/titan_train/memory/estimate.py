@@ -111,7 +111,7 @@ def _comm_bytes(layout: Layout, sizes: ParamSizes, rank: RankStages) -> tuple[fl
     start = root * c + blocks_held * block_gathered + grad_buffers + output_grad
     end = root * (c + r) + block_gathered + grad_buffers
     if layout.async_tp:  # symmetric-memory workspaces for fused all-gather + matmul
-        start += 2 * layout.compute_bytes * layout.args.dim * layout.tokens_per_microbatch
+        start += 2 * layout.compute_bytes * layout.shape.dim * layout.tokens_per_microbatch
     return start, end
 
 
@@ -125,7 +125,8 @@ def _states(layout: Layout, sizes: ParamSizes, rank: RankStages) -> tuple[float,
 
 def estimate_layout(layout: Layout, sizes: ParamSizes) -> MemoryEstimate:
     """The estimate for a planned layout and measured shard sizes (see estimate() in __init__)."""
-    shape = ActShape.from_args(layout.args, tp=layout.tp, loss_parallel=layout.loss_parallel,
+    shape = ActShape.from_shape(layout.shape, repeat_kv=bool(getattr(layout.args, "repeat_kv", False)), tp=layout.tp,
+                                loss_parallel=layout.loss_parallel,
                                act_bytes=layout.compute_bytes, float8=layout.float8)
     best: MemoryEstimate | None = None
     for rank in layout.ranks:

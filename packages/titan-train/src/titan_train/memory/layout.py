@@ -1,8 +1,8 @@
 """What the estimator needs from a JobConfig and a world size, as plain data.
 
-Degrees, batch arithmetic and model arguments come from the trainer's own functions
-(plan_layout's rules, build_model_args), so the estimate describes the run the trainer would
-start; pipeline stages come from titan-parallel's stage planner.
+Degrees, batch arithmetic, precision and model arguments are the trainer's own plan
+(titan_train.plan.make_plan), so the estimate describes the run the trainer would start; pipeline
+stages come from titan-parallel's stage planner, placed as the trainer places them.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from titan_train.config import JobConfig, uses_float8
+from titan_train.config import JobConfig
 from titan_train.errors import ConfigError
-from titan_train.trainer.build_model import float8_skip, mixed_precision_mode, uses_fsdp
+from titan_train.plan import RunPlan
 
 
 @dataclass(frozen=True)
@@ -32,42 +32,60 @@ class RankStages:
 
 @dataclass(frozen=True)
 class Layout:
-    args: Any                  # the model's args (vocab and seq_len applied), e.g. LlamaArgs
-    model_name: str
+    """The run's plan (titan_train.plan, the trainer's own) and what only the estimate adds: the
+    pipeline ranks, and the optimizer's states. The rest are views of the plan, by the names the
+    estimate's formulas use."""
+
+    run: RunPlan
     world_size: int
-    dp_replicate: int
-    dp_shard: int
-    cp: int
-    tp: int
-    pp: int
-    local_batch: int
-    seq_len: int
-    accum_steps: int
-    microbatch: int            # sequences per forward (pipeline microbatch, else local_batch)
     schedule: str | None
     ranks: tuple[RankStages, ...]
     ac_mode: str
     ac_option: str
-    compile_model: bool
     compile_loss: bool
-    float8: bool
-    float8_all_gather: bool
-    float8_skip: tuple[str, ...]
-    float8_recipe: str
-    fsdp: bool
-    ddp: bool
-    reshard_after_forward: bool
-    loss_parallel: bool
-    async_tp: bool
-    cp_rotate: str
-    cpu_offload: bool
     optimizer: str
     optimizer_impl: str
     momentum: bool
-    compute_bytes: int         # activation / gathered-parameter dtype
-    reduce_bytes: int
     vocab_note: str
-    autocast: bool = False     # bf16 through torch.autocast (DDP): a bf16 copy of the weights is cached
+
+    # views of the plan
+    @property
+    def args(self) -> Any:
+        return self.run.args
+
+    @property
+    def shape(self) -> Any:
+        return self.run.spec.shape(self.run.args)
+
+    @property
+    def model_name(self) -> str:
+        return self.run.spec.name
+
+    dp_replicate = property(lambda self: self.run.dims.dp_replicate)
+    dp_shard = property(lambda self: self.run.dims.dp_shard)
+    cp = property(lambda self: self.run.dims.cp)
+    tp = property(lambda self: self.run.dims.tp)
+    pp = property(lambda self: self.run.dims.pp)
+    local_batch = property(lambda self: self.run.batch.local_batch)
+    seq_len = property(lambda self: self.run.batch.seq_len)
+    accum_steps = property(lambda self: self.run.batch.accum_steps)
+    microbatch = property(lambda self: self.run.batch.microbatch)
+    compile_model = property(lambda self: self.run.parallel.compile is not None)
+    float8 = property(lambda self: self.run.float8 is not None)
+    float8_all_gather = property(lambda self: self.float8 and self.run.float8.fsdp_float8_all_gather)
+    fsdp = property(lambda self: self.run.parallel.dp == "fsdp")
+    ddp = property(lambda self: self.run.parallel.dp == "ddp")
+    loss_parallel = property(lambda self: self.run.parallel.loss_parallel)
+    async_tp = property(lambda self: self.run.parallel.async_tp)
+    cpu_offload = property(lambda self: self.run.parallel.fsdp.cpu_offload)
+    autocast = property(lambda self: self.run.precision.mode == "autocast")
+    compute_bytes = property(lambda self: self.run.precision.compute_bytes)
+    reduce_bytes = property(lambda self: 4 if self.run.precision.reduce_dtype == torch.float32 else 2)
+    cp_rotate = property(lambda self: self.run.context.rotate if self.run.context else "allgather")
+
+    @property
+    def reshard_after_forward(self) -> bool:
+        return self.run.parallel.fsdp.reshard_after_forward not in (False, "never")
 
     @property
     def tokens_per_microbatch(self) -> int:
@@ -108,18 +126,14 @@ def _in_flight(schedule: str, pp: int, rank: int, stages_per_rank: int, n_mb: in
     return min(total, (stages_per_rank - 1) * pp + 2 * (pp - 1 - rank) + 1)
 
 
-def _pipeline_ranks(cfg: JobConfig, pp: int, n_layers: int, order: list[str], n_mb: int) -> tuple[str, tuple[RankStages, ...]]:
+def _pipeline_ranks(run: RunPlan, order: list[str], n_mb: int) -> tuple[str, tuple[RankStages, ...]]:
     from titan_parallel.pipeline import SCHEDULES, plan_stages, resolve_schedule, stage_ids_for_rank
 
-    from titan_train.trainer.pipeline import _from_split_points, layers_per_stage_split
+    from titan_train.trainer.pipeline import stage_names
 
-    p = cfg.parallelism
-    name, spec = resolve_schedule(p.pipeline_parallel_schedule)
-    split = p.module_fqns_per_model_part
-    if split is None and p.pipeline_parallel_split_points:
-        split = _from_split_points(order, p.pipeline_parallel_split_points)
-    if p.pipeline_parallel_layers_per_stage is not None:  # as the trainer's split() (conflicts raise there)
-        split = layers_per_stage_split(order, p.pipeline_parallel_layers_per_stage, pp)
+    pp, spec = run.dims.pp, run.spec
+    name, schedule = resolve_schedule(run.pipeline.schedule)
+    split = stage_names(run, order)  # as the trainer's split()
     if split is not None:
         per_rank = len(split) // pp
     else:
@@ -127,10 +141,10 @@ def _pipeline_ranks(cfg: JobConfig, pp: int, n_layers: int, order: list[str], n_
     plan = plan_stages(order, pp * per_rank, split_points=split)
     ranks = []
     for r in range(pp):
-        ids = stage_ids_for_rank(r, pp, per_rank, spec.placement)
+        ids = stage_ids_for_rank(r, pp, per_rank, schedule.placement)
         mods = [plan[i] for i in ids]
-        ranks.append(RankStages(r, tuple(sum(m.startswith("layers.") for m in s) for s in mods),
-                                any("tok_embeddings" in s for s in mods), any("output" in s for s in mods),
+        ranks.append(RankStages(r, tuple(sum(m.startswith(spec.blocks + ".") for m in s) for s in mods),
+                                any(spec.embedding in s for s in mods), any(spec.output in s for s in mods),
                                 _in_flight(name, pp, r, per_rank, n_mb)))
     return name, tuple(ranks)
 
@@ -140,59 +154,25 @@ def plan(cfg: JobConfig, world_size: int) -> Layout:
     import titan_models
     from titan_parallel import ParallelConfigError
 
-    from titan_train.trainer.setup import build_model_args, dims_from_config
+    from titan_train.plan import make_plan
 
-    p, t = cfg.parallelism, cfg.training
-    dims = dims_from_config(cfg, world_size)
+    spec = titan_models.get_model_spec(cfg.model.name)
     try:
-        spec = titan_models.get_model_spec(cfg.model.name)
         vocab, vocab_note = _vocab(cfg, spec.args_for(cfg.model.flavor).vocab_size)
-        args = build_model_args(cfg, spec, vocab, dims)
+        # estimates are for GPU runs: the trainer's own rules on a GPU
+        run = make_plan(cfg, world_size=world_size, device_type="cuda", vocab_size=vocab)
     except titan_models.ModelConfigError as e:
         raise ConfigError(str(e)) from None
-    dp = dims.dp_replicate * dims.dp_shard
-    global_batch = t.global_batch_size if t.global_batch_size > 0 else t.local_batch_size * dp
-    if global_batch % (t.local_batch_size * dp):
-        raise ConfigError(f"training.global_batch_size = {global_batch} must be a multiple of "
-                          f"local_batch_size x data-parallel degree = {t.local_batch_size} x {dp}")
-    order = ["tok_embeddings", *(f"layers.{i}" for i in range(args.n_layers)), "norm", "output"]
     schedule = None
-    if dims.pp > 1:
-        mb = p.pipeline_parallel_microbatch_size
-        if t.local_batch_size % mb:
-            raise ConfigError(f"training.local_batch_size = {t.local_batch_size} must be divisible by "
-                              f"parallelism.pipeline_parallel_microbatch_size = {mb}")
+    if run.pipeline is not None:
         try:
-            schedule, ranks = _pipeline_ranks(cfg, dims.pp, args.n_layers, order, t.local_batch_size // mb)
+            schedule, ranks = _pipeline_ranks(run, spec.module_order(run.args), run.batch.local_batch // run.batch.microbatch)
         except ParallelConfigError as e:
             raise ConfigError(f"pipeline: {e}") from None
     else:
-        mb = t.local_batch_size
-        ranks = (RankStages(0, (args.n_layers,), True, True, 1),)
-    f8 = cfg.float8
-    float8 = uses_float8(cfg)
-    bf16 = t.mixed_precision_param == "bfloat16"
-    gpu = torch.device("cuda")  # estimates are for GPU runs: the trainer's own rules on a GPU
-    fsdp = uses_fsdp(dims, gpu, cfg)
-    autocast = mixed_precision_mode(dims, gpu, cfg) == "autocast"
-    return Layout(
-        args=args, model_name=cfg.model.name, world_size=world_size, dp_replicate=dims.dp_replicate,
-        dp_shard=dims.dp_shard, cp=dims.cp, tp=dims.tp, pp=dims.pp, local_batch=t.local_batch_size,
-        seq_len=t.seq_len, accum_steps=global_batch // (t.local_batch_size * dp), microbatch=mb,
-        schedule=schedule, ranks=ranks, ac_mode=cfg.activation_checkpoint.mode,
-        ac_option=str(cfg.activation_checkpoint.selective_ac_option),
-        compile_model=cfg.compile.enable and "model" in cfg.compile.components,
-        compile_loss=cfg.compile.enable and "loss" in cfg.compile.components,
-        float8=float8, float8_all_gather=float8 and f8.enable_fsdp_float8_all_gather,
-        float8_skip=float8_skip(cfg, spec), float8_recipe=f8.recipe_name or "tensorwise",
-        fsdp=fsdp, ddp=not fsdp and dims.dp_replicate > 1,
-        reshard_after_forward={"default": dims.pp == 1, "always": True, "never": False}[p.fsdp_reshard_after_forward],
-        loss_parallel=dims.tp > 1 and not p.disable_loss_parallel and dims.pp == 1,
-        async_tp=p.enable_async_tensor_parallel and dims.tp > 1, cp_rotate=p.context_parallel_rotate_method,
-        cpu_offload=t.enable_cpu_offload, optimizer=cfg.optimizer.name, optimizer_impl=cfg.optimizer.implementation,
-        momentum=cfg.optimizer.name != "SGD" or 0 < cfg.optimizer.beta1 < 1,
-        compute_bytes=2 if (bf16 and (fsdp or autocast)) else 4,
-        reduce_bytes=4 if t.mixed_precision_reduce == "float32" else 2,
-        vocab_note=vocab_note, autocast=autocast,
-    )
-
+        ranks = (RankStages(0, (spec.shape(run.args).n_layers,), True, True, 1),)
+    o = cfg.optimizer
+    return Layout(run=run, world_size=world_size, schedule=schedule, ranks=ranks,
+                  ac_mode=cfg.activation_checkpoint.mode, ac_option=str(cfg.activation_checkpoint.selective_ac_option),
+                  compile_loss=cfg.compile.enable and "loss" in cfg.compile.components, optimizer=o.name,
+                  optimizer_impl=o.implementation, momentum=o.name != "SGD" or 0 < o.beta1 < 1, vocab_note=vocab_note)

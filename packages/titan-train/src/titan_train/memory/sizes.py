@@ -12,7 +12,6 @@ open a fake one, so it runs the same measurement in a subprocess.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import pickle
 import subprocess
@@ -26,8 +25,6 @@ from torch import nn
 from titan_train.config import JobConfig
 from titan_train.errors import ConfigError
 from titan_train.memory.layout import Layout
-
-GROUPS = ("tok_embeddings", "layers", "norm", "output")
 
 
 @dataclass(frozen=True)
@@ -48,21 +45,30 @@ class ParamSizes:
     tied: bool           # output.weight is the embedding table (same stage only)
 
 
-def _group(fqn: str) -> str:
-    return fqn.replace("_orig_mod.", "").replace("_checkpoint_wrapped_module.", "").split(".")[0]
+def _clean(fqn: str) -> str:
+    return fqn.replace("_orig_mod.", "").replace("_checkpoint_wrapped_module.", "")
+
+
+def _group(fqn: str, spec) -> str:
+    """embedding / block / output / norm (the other head modules), by the spec's module roles."""
+    top = _clean(fqn).split(".")[0]
+    if top == spec.embedding:
+        return "embedding"
+    if top == spec.blocks:
+        return "block"
+    return "output" if top == spec.output else "norm"
 
 
 def _float8_names(model: nn.Module, layout: Layout) -> set[str]:
     """Linears apply_float8 would convert (same skip rules: name substrings, small GEMMs)."""
     if not layout.float8:
         return set()
-    from titan_parallel.float8 import AUTO_FILTER, is_small_gemm
+    from titan_parallel.float8 import is_small_gemm
 
-    skip = [s for s in layout.float8_skip if s != AUTO_FILTER]
-    small = AUTO_FILTER in layout.float8_skip
+    f8 = layout.run.float8
     return {f"{name}.weight" for name, m in model.named_modules()
-            if isinstance(m, nn.Linear) and not any(s in name for s in skip)
-            and not (small and is_small_gemm(m, layout.float8_recipe))}
+            if isinstance(m, nn.Linear) and not any(s in name for s in f8.skip)
+            and not (f8.skip_small and is_small_gemm(m, f8.recipe))}
 
 
 def _tp_factor(p: torch.Tensor) -> int:
@@ -74,48 +80,49 @@ def _tp_factor(p: torch.Tensor) -> int:
     return mesh["tp"].size() if placement.is_shard() or "Shard" in type(placement).__name__ else 1
 
 
-def _sizes(model: nn.Module, float8_names: set[str]) -> dict[str, GroupSize]:
+GROUPS = ("embedding", "block", "norm", "output")
+
+
+def _sizes(model: nn.Module, float8_names: set[str], spec) -> dict[str, GroupSize]:
     stored = dict.fromkeys(GROUPS, 0)
     gathered = dict.fromkeys(GROUPS, 0)
     fp8 = dict.fromkeys(GROUPS, 0)
     for name, p in model.named_parameters():
-        g = _group(name)
+        g = _group(name, spec)
         stored[g] += p.to_local().numel() if hasattr(p, "to_local") else p.numel()
         full = p.numel() // _tp_factor(p)
         gathered[g] += full
-        if name.replace("_orig_mod.", "").replace("_checkpoint_wrapped_module.", "") in float8_names:
+        if _clean(name) in float8_names:
             fp8[g] += full
     return {g: GroupSize(stored[g], gathered[g], fp8[g]) for g in GROUPS}
 
 
 def measure(cfg: JobConfig, layout: Layout) -> ParamSizes:
     """Build, parallelize and count (needs no process group in this process)."""
-    import titan_models
     from titan_mesh import ParallelDims
     from titan_mesh.testing import fake_world
+    from titan_models import RunOptions
 
     from titan_train.trainer.build_model import parallelize_part
 
-    spec = titan_models.get_model_spec(layout.model_name)
+    run = layout.run
+    spec = run.spec
     # Untied, so embedding and output are counted apart (the estimate shares them when tied).
-    small = dataclasses.replace(layout.args, n_layers=1, tie_embeddings=False)
+    small = spec.with_options(run.args, RunOptions(n_layers=1, tie_embeddings=False))
     # Only TP and data parallelism change sizes; AC, compile and async TP are left out here.
-    quiet = copy.deepcopy(cfg)
-    quiet.activation_checkpoint.mode = "none"
-    quiet.compile.enable = False
-    quiet.parallelism.enable_async_tensor_parallel = False
+    quiet = dataclasses.replace(run, parallel=dataclasses.replace(run.parallel, ac=None, compile=None, async_tp=False))
+    d = run.dims
     with fake_world(layout.world_size):
-        dims = ParallelDims(dp_replicate=layout.dp_replicate, dp_shard=layout.dp_shard, cp=layout.cp,
-                            tp=layout.tp, pp=layout.pp, world_size=layout.world_size)
+        dims = ParallelDims(dp_replicate=d.dp_replicate, dp_shard=d.dp_shard, cp=d.cp, tp=d.tp, pp=d.pp,
+                            world_size=layout.world_size)
         dims.build_mesh("cpu")
         with torch.device("meta"):
             model = spec.build(small)
         f8 = _float8_names(model, layout)
-        # device "cuda" only selects the GPU choices (FSDP on one GPU, bf16); nothing runs there.
-        parallelize_part(model, spec, quiet, dims, torch.device("cuda"), pipelined=layout.pp > 1)
-        sizes = _sizes(model, f8)
-    return ParamSizes(sizes["tok_embeddings"], sizes["layers"], sizes["norm"], sizes["output"],
-                      tied=bool(getattr(layout.args, "tie_embeddings", False)))
+        parallelize_part(model, quiet, dims)
+        sizes = _sizes(model, f8, spec)
+    return ParamSizes(sizes["embedding"], sizes["block"], sizes["norm"], sizes["output"],
+                      tied=spec.shape(run.args).tie_embeddings)
 
 
 def param_sizes(cfg: JobConfig, layout: Layout) -> ParamSizes:

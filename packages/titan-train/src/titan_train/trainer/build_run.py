@@ -11,15 +11,11 @@ import titan_parallel as tp_lib
 import torch
 from titan_mesh import set_collective_timeout
 
-from titan_train.config import JobConfig, uses_float8
+from titan_train.config import JobConfig
 from titan_train.errors import ConfigError
+from titan_train.plan import RunPlan, make_plan
 from titan_train.trainer import checkpointing, pipeline
-from titan_train.trainer.build_model import (
-    apply_converters,
-    mixed_precision_mode,
-    parallelize_part,
-    uses_fsdp,
-)
+from titan_train.trainer.build_model import apply_converters, parallelize_part
 from titan_train.trainer.hardware import device_peak
 from titan_train.trainer.metrics import MetricsLogger, MetricsSettings
 from titan_train.trainer.optim import (
@@ -33,11 +29,9 @@ from titan_train.trainer.profiling import make_profiler
 from titan_train.trainer.run import Run, dump_path, make_validator
 from titan_train.trainer.setup import (
     build_loader,
-    build_model_args,
-    build_tokenizer_and_spec,
     check_dump_folder,
+    load_tokenizer,
     mesh_of,
-    plan_layout,
     seed_everything,
     setup_distributed,
 )
@@ -45,20 +39,19 @@ from titan_train.trainer.state import TrainState
 from titan_train.trainer.step import StepRunner, cross_entropy_loss
 
 
-def _train_context(cfg: JobConfig, layout, parts):
+def _train_context(plan: RunPlan, layout, parts):
     """Context for forward+backward: loss parallel (TP), context parallel (CP) and autocast
     (bf16 compute for layouts whose parameters FSDP does not cast) when enabled."""
-    dims = layout.dims
-    loss_parallel = dims.tp > 1 and not cfg.parallelism.disable_loss_parallel and dims.pp == 1
-    device = layout.info.device
-    autocast = mixed_precision_mode(dims, device, cfg) == "autocast"
+    dims, device = layout.dims, layout.info.device
+    loss_parallel = plan.parallel.loss_parallel
+    autocast = plan.precision.mode == "autocast"
 
     def ctx(batch: list[torch.Tensor]):
         stack = contextlib.ExitStack()
         if autocast:
-            stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
-        if dims.cp > 1:
-            stack.enter_context(pipeline.cp_context(cfg, dims, parts, batch))
+            stack.enter_context(torch.autocast(device.type, dtype=plan.precision.param_dtype))
+        if plan.context is not None:
+            stack.enter_context(pipeline.cp_context(plan, dims, parts, batch))
         if loss_parallel:
             from torch.distributed.tensor.parallel import loss_parallel as lp
 
@@ -93,28 +86,6 @@ def _configure_cuda_allocator(conf: str) -> None:
     setter(conf)
 
 
-def _check_fsdp_options(cfg: JobConfig, plan) -> None:
-    """Options that only FSDP carries out, refused when this layout has no FSDP."""
-    if uses_fsdp(plan.dims, torch.device(plan.device_type), cfg):
-        return
-    f8 = cfg.float8
-    float8 = uses_float8(cfg)
-    p = cfg.parallelism
-    asked = [k for k, on in (("training.enable_cpu_offload", cfg.training.enable_cpu_offload),
-                             (f"parallelism.fsdp_reshard_after_forward = {p.fsdp_reshard_after_forward!r}",
-                              p.fsdp_reshard_after_forward != "default"),
-                             (f"training.mixed_precision_reduce = {cfg.training.mixed_precision_reduce!r}",
-                              cfg.training.mixed_precision_reduce != "float32"),
-                             ("quantize.linear.float8.enable_fsdp_float8_all_gather",
-                              float8 and f8.enable_fsdp_float8_all_gather),
-                             ("quantize.linear.float8.precompute_float8_dynamic_scale_for_fsdp",
-                              float8 and f8.precompute_float8_dynamic_scale_for_fsdp)) if on]
-    if asked:
-        raise ConfigError(f"{', '.join(asked)} needs FSDP, which this layout does not use (FSDP shards over "
-                          "parallelism.data_parallel_shard_degree x context_parallel_degree > 1, or holds the "
-                          "bf16 copy on one GPU); turn it off or shard the model")
-
-
 def build_run(cfg: JobConfig, resume: checkpointing.Resume | None = None) -> Run:
     """Build everything for `cfg`; `resume` (from checkpointing.plan_resume) says what to load."""
     if resume is None:
@@ -123,40 +94,35 @@ def build_run(cfg: JobConfig, resume: checkpointing.Resume | None = None) -> Run
     check_dump_folder(cfg.job.dump_folder)
     if cfg.checkpoint.enable:  # an absolute checkpoint.folder may lie outside the dump folder
         check_dump_folder(str(dump_path(cfg, cfg.checkpoint.folder)), "checkpoint.folder")
-    spec, tokenizer = build_tokenizer_and_spec(cfg)           # unknown model/flavor, tokenizer file
-    plan = plan_layout(cfg)                                   # degrees vs world size, batch sizes
-    _check_fsdp_options(cfg, plan)
-    args = build_model_args(cfg, spec, tokenizer.vocab_size, plan.dims, tokenizer.eos_id)  # TP/CP vs heads
-    if plan.dims.cp > 1:
-        pipeline.validate_cp(cfg, plan.dims, args)
+    tokenizer = load_tokenizer(cfg)                           # the tokenizer file
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    plan = make_plan(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")), device_type=device_type,
+                     vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id)  # every layout rule, checked
     if cfg.memory_estimation.enable:                          # a layout that cannot fit stops here
         from titan_train.memory import precheck
 
         table = precheck(cfg, plan.dims.world_size, torch.device(plan.device_type))
         if table and os.environ.get("RANK", "0") == "0":
             print(table, flush=True)
-    layout = setup_distributed(cfg, plan)                     # process groups only after all checks
-    dims, device = layout.dims, layout.info.device
-    if cfg.validation.enable and dims.pp > 1:
+    if cfg.validation.enable and plan.dims.pp > 1:
         raise ConfigError("validation.enable with pipeline_parallel_degree > 1 is not supported yet")
-    if cfg.validation.enable and layout.dp_size > 1 and cfg.validation.steps < 1:
+    if cfg.validation.enable and plan.batch.dp > 1 and cfg.validation.steps < 1:
         raise ConfigError("validation.steps must be >= 1 with data parallelism (every rank must run the "
                           "same number of batches)")
+    layout = setup_distributed(cfg, plan)                     # process groups only after all checks
+    dims, device = layout.dims, layout.info.device
     loader = Prefetcher(build_loader(cfg, tokenizer, layout), device)  # dataset name/path
     if cfg.validation.enable:  # its dataset is checked now, not at the first validation
         build_loader(cfg, tokenizer, layout, validation=True)
     seed_everything(cfg, layout)
 
     with torch.device("meta"):
-        model = spec.build(args)
-    apply_converters(model, cfg, spec)
+        model = plan.spec.build(plan.args)
+    apply_converters(model, plan)
     if cfg.model.print_after_conversion and layout.info.rank == 0:
         print(model, flush=True)
-    if dims.pp > 1:
-        stages, parts = pipeline.split(cfg, dims, model, spec)
-    else:
-        stages, parts = None, [model]
-    parts = [parallelize_part(p, spec, cfg, dims, device, pipelined=dims.pp > 1) for p in parts]
+    stages, parts = pipeline.split(plan, dims, model) if plan.pipeline else (None, [model])
+    parts = [parallelize_part(p, plan, dims) for p in parts]
     for part in parts:
         # with FSDP CPU offload the sharded parameters live on the CPU
         tp_lib.init_weights(part, device="cpu" if cfg.training.enable_cpu_offload else device)
@@ -168,15 +134,13 @@ def build_run(cfg: JobConfig, resume: checkpointing.Resume | None = None) -> Run
         loss_fn = torch.compile(cross_entropy_loss, backend=cfg.compile.backend)
     pp_mesh = mesh_of(dims, "pp")
     loss_mesh = mesh_of(dims, "dp_cp")
-    train_context = _train_context(cfg, layout, parts)
-    pipe = (pipeline.build_pipeline(cfg, dims, stages, parts, loss_fn, device, layout.accum_steps)
-            if stages is not None else None)
+    train_context = _train_context(plan, layout, parts)
+    pipe = pipeline.Pipeline(plan, dims, stages, parts, loss_fn, device) if stages is not None else None
     after_step = None
-    f8 = cfg.float8
-    if uses_float8(cfg) and f8.precompute_float8_dynamic_scale_for_fsdp:
+    if plan.float8 is not None and plan.float8.precompute_scale:
         after_step = lambda: [tp_lib.precompute_float8_scales(p) for p in parts]  # noqa: E731
     runner = StepRunner(parts=parts, optimizers=optimizers, schedulers=schedulers, device=device,
-                        accum_steps=layout.accum_steps, max_norm=cfg.training.max_norm, loss_fn=loss_fn,
+                        accum_steps=plan.batch.accum_steps, max_norm=cfg.training.max_norm, loss_fn=loss_fn,
                         clip_fn=lambda params, max_norm: tp_lib.clip_grad_norm_(params, max_norm, pp_mesh=pp_mesh),
                         train_context=train_context, pipeline=pipe, after_optimizer_step=after_step)
     m = cfg.metrics
@@ -189,10 +153,9 @@ def build_run(cfg: JobConfig, resume: checkpointing.Resume | None = None) -> Run
     if cfg.validation.enable:
         validator = make_validator(cfg, lambda: build_loader(cfg, tokenizer, layout, validation=True),
                                    parts[0], loss_fn, device, loss_mesh, train_context)
-    run = Run(cfg=cfg, device=device, world_size=layout.info.world_size, parts=parts, optimizers=optimizers,
-              schedulers=schedulers, loader=loader, step_runner=runner, metrics=metrics, state=TrainState(),
-              loss_mesh=loss_mesh, pp_mesh=pp_mesh, tokens_per_step=layout.global_batch * cfg.training.seq_len,
-              flops_per_token=args.num_flops_per_token(cfg.training.seq_len), peak=device_peak(device),
+    run = Run(cfg=cfg, plan=plan, device=device, world_size=layout.info.world_size, parts=parts,
+              optimizers=optimizers, schedulers=schedulers, loader=loader, step_runner=runner, metrics=metrics,
+              state=TrainState(), loss_mesh=loss_mesh, pp_mesh=pp_mesh, peak=device_peak(device),
               validator=validator, profiler=make_profiler(cfg, layout.info.rank, device), schedule=schedule,
               dims=dims)
     if layout.info.world_size > 1:  # the init timeout covers set-up and the first step
@@ -200,23 +163,24 @@ def build_run(cfg: JobConfig, resume: checkpointing.Resume | None = None) -> Run
                                                               dims.process_groups())
         run.after_training = lambda: set_collective_timeout(cfg.comm.init_timeout_seconds,
                                                             dims.process_groups(), barrier=False)
-    run.metrics.log_text(_banner(run, layout, args))
+    run.metrics.log_text(_banner(run, layout))
     for note in schedule.notes():
         run.metrics.log_text(note)
-    checkpointing.attach(run, layout, spec, args, resume)
+    checkpointing.attach(run, layout, plan.spec, plan.args, resume)
     return run
 
 
-def _banner(run: Run, layout, args) -> str:
-    cfg, dims = run.cfg, layout.dims
-    n = sum(p.numel() for m in run.parts for p in m.parameters())
-    deg = ", ".join(f"{k}={v}" for k, v in dims.enabled_dims()) or "single process"
+def _banner(run: Run, layout) -> str:
+    cfg, plan = run.cfg, run.plan
+    n = plan.spec.num_params(plan.args)
+    deg = ", ".join(f"{k}={v}" for k, v in layout.dims.enabled_dims()) or "single process"
     note = f" ({run.peak.note})" if run.peak.note else ""
-    if mixed_precision_mode(dims, run.device, cfg) == "unsupported":
+    if plan.precision.mode == "unsupported":
         note += (" (training in float32: bf16 with tensor or pipeline parallelism goes through FSDP; "
                  "set parallelism.data_parallel_shard_degree > 1)")
+    b = plan.batch
     return (f"{cfg.job.description}\n"
             f"Titan: {cfg.model.name} {cfg.model.flavor} on {layout.info.world_size} x {run.device.type}"
-            f" [{deg}]{note}; {n / 1e6:,.1f}M params; global batch {layout.global_batch} x {cfg.training.seq_len} "
-            f"tokens ({layout.accum_steps} micro-batch(es)/step); {cfg.training.steps} steps; dump folder "
+            f" [{deg}]{note}; {n / 1e6:,.1f}M params; global batch {b.global_batch} x {b.seq_len} "
+            f"tokens ({b.accum_steps} micro-batch(es)/step); {cfg.training.steps} steps; dump folder "
             f"{cfg.job.dump_folder}")

@@ -19,11 +19,10 @@ from titan_ckpt.hf import export_hf, load_hf_weights
 
 from titan_train.config import JobConfig
 from titan_train.errors import ConfigError
+from titan_train.plan import DTYPES
 from titan_train.trainer.optim import ScheduleSettings, lr_factor
 from titan_train.trainer.run import Run, dump_path
 from titan_train.trainer.state import LoaderState, SchedulersState, resync_lr
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def last_step(cfg: JobConfig) -> int:
@@ -193,7 +192,7 @@ def attach(run: Run, layout, spec, args, resume: Resume) -> None:
     cfg = run.cfg
     c = cfg.checkpoint
     adapter = spec.state_dict_adapter(args)
-    dtype = _DTYPES[c.export_dtype]
+    dtype = DTYPES[c.export_dtype]
     if c.enable:
         run.ckpt = titan_ckpt.CheckpointManager(ckpt_folder(cfg), interval=c.interval,
                                                 keep_latest_k=c.keep_latest_k, async_mode=c.async_mode)

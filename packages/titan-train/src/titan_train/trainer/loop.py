@@ -161,7 +161,7 @@ def train(run: Run) -> int:
                 window_steps += 1
                 window_tokens += result.tokens
                 window_data_s += result.data_time_s
-                state.tokens_seen += run.tokens_per_step
+                state.tokens_seen += run.plan.batch.tokens_per_step
                 prof.step()
                 if pending is not None:  # the previous step, now that this one is queued
                     emit(pending)

@@ -1,4 +1,4 @@
-"""Pipeline and context parallel, from the config to titan-parallel's functions."""
+"""Pipeline and context parallel, from the run's plan to titan-parallel's functions."""
 
 from __future__ import annotations
 
@@ -10,26 +10,29 @@ from titan_parallel import context as cp_lib
 from titan_parallel import pipeline as pp_lib
 from torch import nn
 
-from titan_train.config import JobConfig
+from titan_train.errors import ConfigError
+from titan_train.plan import RunPlan
 
 
-def split(cfg: JobConfig, dims: ParallelDims, model: nn.Module, spec):
+def stage_names(plan: RunPlan, order: list[str]) -> list[list[str]] | None:
+    """Module names per stage the config asks for (explicit, torchtitan's split points, or so many
+    layers per stage), or None: titan-parallel balances the stages."""
+    pp = plan.pipeline
+    if pp.module_fqns is not None:
+        return pp.module_fqns
+    if pp.split_points:
+        return _from_split_points(order, pp.split_points)
+    if pp.layers_per_stage is not None:
+        return layers_per_stage_split(order, pp.layers_per_stage, plan.dims.pp)
+    return None
+
+
+def split(plan: RunPlan, dims: ParallelDims, model: nn.Module):
     """This rank's stages of the meta model: (PipelineParts, list of stage modules)."""
-    p = cfg.parallelism
-    order = pp_lib.module_order_of(model, spec.blocks)
-    split_points = p.module_fqns_per_model_part
-    if split_points is None and p.pipeline_parallel_split_points:
-        split_points = _from_split_points(order, p.pipeline_parallel_split_points)
-    if p.pipeline_parallel_layers_per_stage is not None:
-        if split_points is not None:
-            from titan_train.errors import ConfigError
-
-            raise ConfigError("parallelism.pipeline_parallel_layers_per_stage and explicit stage boundaries "
-                              "(pipeline_parallel_split_points / module_fqns_per_model_part) both given: use one")
-        split_points = layers_per_stage_split(order, p.pipeline_parallel_layers_per_stage, dims.pp)
-    parts = pp_lib.pipeline_split(model, dims.get_mesh("pp"), module_order=order,
-                                  schedule=p.pipeline_parallel_schedule, split_points=split_points)
-    check_cuts(parts.plan, spec.pipeline_split_points(model.args) if hasattr(model, "args") else None)
+    order = pp_lib.module_order_of(model, plan.spec.blocks)
+    parts = pp_lib.pipeline_split(model, dims.get_mesh("pp"), module_order=order, schedule=plan.pipeline.schedule,
+                                  split_points=stage_names(plan, order))
+    check_cuts(parts.plan, plan.spec.pipeline_split_points(plan.args))
     return parts, list(parts.modules)
 
 
@@ -40,8 +43,6 @@ def check_cuts(stages: list[list[str]], allowed: list[str] | None) -> None:
         return
     bad = [s[0] for s in stages[1:] if s[0] not in set(allowed)]
     if bad:
-        from titan_train.errors import ConfigError
-
         raise ConfigError(f"pipeline stages would begin at {bad}, where this model cannot be cut; stages may begin "
                           f"at {allowed[0]} .. {allowed[-1]} ({len(allowed)} places): change "
                           "parallelism.pipeline_parallel_split_points / module_fqns_per_model_part / layers_per_stage")
@@ -50,8 +51,6 @@ def check_cuts(stages: list[list[str]], allowed: list[str] | None) -> None:
 def layers_per_stage_split(order: list[str], per: int, pp: int) -> list[list[str]]:
     """Stages of `per` blocks each (the last may hold fewer), the embedding with the first and the
     final norm / output with the last; their number must be a multiple of the pp degree."""
-    from titan_train.errors import ConfigError
-
     if per < 1:
         raise ConfigError(f"parallelism.pipeline_parallel_layers_per_stage = {per} must be >= 1")
     blocks = [m for m in order if pp_lib.split.is_block(m)]
@@ -70,8 +69,6 @@ def layers_per_stage_split(order: list[str], per: int, pp: int) -> list[list[str
 
 def _from_split_points(order: list[str], points: list[str]) -> list[list[str]]:
     """torchtitan's split points ("layers.4" starts a new stage) -> module names per stage."""
-    from titan_train.errors import ConfigError
-
     stages, current = [], []
     cuts = set(points)
     for name in order:
@@ -90,54 +87,30 @@ def _from_split_points(order: list[str], points: list[str]) -> list[list[str]]:
 class Pipeline:
     """Runs the schedule on one micro-batch group; returns the loss share held by this rank."""
 
-    def __init__(self, cfg: JobConfig, dims: ParallelDims, parts, modules: list[nn.Module],
-                 loss_fn: Callable, device: torch.device, accum_steps: int) -> None:
+    def __init__(self, plan: RunPlan, dims: ParallelDims, parts, modules: list[nn.Module],
+                 loss_fn: Callable, device: torch.device) -> None:
         parts.modules = modules
         self.device = device
+        accum = plan.batch.accum_steps
 
         def loss(out, target):
             # the schedule divides by the microbatch count; accumulation divides by its steps
-            return loss_fn(out, target) / accum_steps
+            return loss_fn(out, target) / accum
 
         self.pipe = pp_lib.build_pipeline_schedule(
-            parts, dims.get_mesh("pp"), loss_fn=loss, microbatch_size=cfg.parallelism.pipeline_parallel_microbatch_size,
-            local_batch_size=cfg.training.local_batch_size, device=device)
+            parts, dims.get_mesh("pp"), loss_fn=loss, microbatch_size=plan.batch.microbatch,
+            local_batch_size=plan.batch.local_batch, device=device)
 
-    def step(self, inputs: torch.Tensor, labels: torch.Tensor, *, accum_steps: int) -> torch.Tensor:  # noqa: ARG002
+    def step(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         loss = pp_lib.pipeline_step(self.pipe, inputs, labels)
         return loss if loss is not None else torch.zeros((), device=self.device)
 
 
-def build_pipeline(cfg: JobConfig, dims: ParallelDims, parts, modules, loss_fn, device, accum_steps: int):
-    return Pipeline(cfg, dims, parts, modules, loss_fn, device, accum_steps)
-
-
-def validate_cp(cfg: JobConfig, dims: ParallelDims, args) -> None:
-    from titan_parallel import ParallelConfigError
-
-    from titan_train.errors import ConfigError
-
-    p = cfg.parallelism
-    try:
-        cp_lib.validate_cp(cp_degree=dims.cp, seq_len=cfg.training.seq_len, method=p.context_parallel_method,
-                           rotate=p.context_parallel_rotate_method, n_heads=args.n_heads, tp_degree=dims.tp)
-    except ParallelConfigError as e:
-        raise ConfigError(f"parallelism.context_parallel_degree = {dims.cp} with context_parallel_method = "
-                          f"{p.context_parallel_method!r}, tensor_parallel_degree = {dims.tp} and training.seq_len = "
-                          f"{cfg.training.seq_len}: {e}") from None
-
-
-def cp_context(cfg: JobConfig, dims: ParallelDims, parts: list[nn.Module], batch: list[torch.Tensor]):
-    """Shard inputs, labels and the RoPE tables along the sequence for this step's forward/backward."""
-    buffers = list(batch) + [m.freqs_cis for m in parts if getattr(m, "freqs_cis", None) is not None]
-    seq_dims = [1] * len(batch) + [0] * (len(buffers) - len(batch))
-    p = cfg.parallelism
+def cp_context(plan: RunPlan, dims: ParallelDims, parts: list[nn.Module], batch: list[torch.Tensor]):
+    """Shard inputs, labels and the model's sequence buffers (RoPE tables) for this step."""
+    extra = [(t, d) for m in parts for t, d in plan.spec.cp_buffers(m)]
+    buffers = list(batch) + [t for t, _ in extra]
+    seq_dims = [1] * len(batch) + [d for _, d in extra]
     return cp_lib.context_parallel_ctx(dims.get_mesh("cp"), buffers=buffers, seq_dims=seq_dims,
-                                       no_restore_buffers=list(batch), method=p.context_parallel_method,
-                                       rotate=p.context_parallel_rotate_method)
-
-
-def apply_cp(part: nn.Module, cfg: JobConfig, dims: ParallelDims) -> None:
-    """Ulysses swaps the attention cores' behaviour once; ring attention needs nothing up front."""
-    if dims.cp > 1 and cfg.parallelism.context_parallel_method == "ulysses":
-        cp_lib.apply_ulysses(part, dims.get_mesh("cp"))
+                                       no_restore_buffers=list(batch), method=plan.context.method,
+                                       rotate=plan.context.rotate)

@@ -12,7 +12,7 @@ import torch
 from titan_mesh import dist_mean, dist_reduce_tensor
 from torch import nn
 
-from titan_train.config import JobConfig, uses_float8
+from titan_train.config import JobConfig
 from titan_train.trainer.hardware import Peak
 from titan_train.trainer.metrics import MetricsLogger
 from titan_train.trainer.state import TrainState
@@ -32,9 +32,8 @@ class Run:
     metrics: MetricsLogger
     state: TrainState
     loss_mesh: Any                       # mesh to average the loss over (dp x cp), or None
-    tokens_per_step: int                 # global tokens per optimizer step
-    flops_per_token: float
     peak: Peak
+    plan: Any = None                     # titan_train.plan.RunPlan: the run's layout and model
     pp_mesh: Any = None
     ckpt: Any = None                     # titan_ckpt.CheckpointManager, or None
     states: dict = field(default_factory=dict)
@@ -50,23 +49,20 @@ class Run:
                       elapsed: float, data_s: float) -> dict[str, Any]:
         # Tokens per second per device: the whole job's tokens over all devices, so the number is
         # comparable across layouts (TP/PP/CP ranks share tokens; DP ranks each bring their own).
-        steps_in_window = max(1, window_tokens // max(1, self._local_tokens_per_step()))
-        tps = self.tokens_per_step * steps_in_window / elapsed / self.world_size
+        batch = self.plan.batch
+        steps_in_window = max(1, window_tokens // max(1, batch.local_tokens_per_step))
+        tps = batch.tokens_per_step * steps_in_window / elapsed / self.world_size
         record: dict[str, Any] = {"step": step, "loss": loss, "grad_norm": grad_norm,
                                   "lr": lr, "tokens_per_second": tps,
                                   "step_time_s": elapsed / steps_in_window,
                                   "data_loading_pct": 100.0 * data_s / elapsed}
-        tflops = tps * self.flops_per_token / 1e12
+        tflops = tps * self.plan.flops_per_token / 1e12
         record["tflops"] = tflops
-        fp8 = uses_float8(self.cfg)
+        fp8 = self.plan.float8 is not None
         peak = self.peak.fp8 if fp8 and self.peak.fp8 else self.peak.bf16
         if peak:
             record["mfu"] = 100.0 * tflops * 1e12 / peak
         return record
-
-    def _local_tokens_per_step(self) -> int:
-        t = self.cfg.training
-        return t.local_batch_size * t.seq_len * self.step_runner.accum_steps
 
     def global_loss(self, local: torch.Tensor) -> torch.Tensor:
         """The step's mean loss over all tokens: summed over pipeline stages (only the last one

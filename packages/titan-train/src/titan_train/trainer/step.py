@@ -62,7 +62,7 @@ class StepRunner:
             if self.pipeline is not None:
                 # inside the train context too: context parallel shards each stage's sequence
                 with self.train_context([inputs, labels]):
-                    total += self.pipeline.step(inputs, labels, accum_steps=self.accum_steps)
+                    total += self.pipeline.step(inputs, labels)
             else:
                 with self.train_context([inputs, labels]):
                     logits = self.parts[0](inputs)

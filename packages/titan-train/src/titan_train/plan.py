@@ -1,0 +1,301 @@
+"""The run's plan: the config read once into small dataclasses that the trainer and the memory
+estimator both consume, so a config value flows one way (config -> plan -> build) and every rule
+(batch arithmetic, precision, loss parallel, FSDP options, context and pipeline parallel) has
+one home. Nothing here needs a process group or builds a model.
+
+    plan = make_plan(cfg, world_size=8, device_type="cuda", vocab_size=tokenizer.vocab_size)
+    plan.dims, plan.batch, plan.args, plan.parallel, plan.precision, plan.pipeline, plan.context
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import titan_models
+import torch
+from titan_mesh import ParallelDims, ParallelDimsError
+from titan_models import RunOptions
+from titan_parallel import ACOptions, CompileOptions, Float8Options, FSDPOptions
+
+from titan_train.config import JobConfig, uses_float8
+from titan_train.errors import ConfigError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# How the config spells each degree: library errors name these keys, not titan-mesh's fields.
+DEGREE_KEYS = {"dp_replicate": "parallelism.data_parallel_replicate_degree",
+               "dp_shard": "parallelism.data_parallel_shard_degree", "cp": "parallelism.context_parallel_degree",
+               "tp": "parallelism.tensor_parallel_degree", "pp": "parallelism.pipeline_parallel_degree"}
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    local_batch: int      # sequences per forward/backward on each data-parallel rank
+    global_batch: int     # sequences per optimizer step over all data-parallel ranks
+    dp: int               # data-parallel ranks (replicate x shard): each reads its own data
+    accum_steps: int      # micro-batches per optimizer step on each rank
+    seq_len: int
+    microbatch: int       # sequences per forward: the pipeline microbatch, else local_batch
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Global tokens per optimizer step."""
+        return self.global_batch * self.seq_len
+
+    @property
+    def local_tokens_per_step(self) -> int:
+        return self.local_batch * self.seq_len * self.accum_steps
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How training.mixed_precision_param is honoured: "fsdp" (FSDP casts parameters), "autocast"
+    (DDP or one device without FSDP, as torch.autocast), "off" (float32 asked, or CPU), or
+    "unsupported" (TP or PP without FSDP: no bf16 path that keeps DTensors exact; float32)."""
+
+    mode: str
+    param_dtype: torch.dtype   # what FSDP gathers parameters in
+    reduce_dtype: torch.dtype  # what FSDP reduces gradients in
+
+    @property
+    def compute_bytes(self) -> int:
+        return 2 if self.mode in ("fsdp", "autocast") and self.param_dtype != torch.float32 else 4
+
+
+@dataclass(frozen=True)
+class ParallelPlan:
+    """What each model part gets from titan_parallel.parallelize (float8 is applied before the
+    pipeline split, on the whole model)."""
+
+    tp: bool
+    loss_parallel: bool
+    async_tp: bool
+    ulysses: bool
+    ac: ACOptions | None
+    compile: CompileOptions | None
+    dp: str | None               # "fsdp", "ddp" or None (one device without FSDP)
+    fsdp: FSDPOptions
+
+
+@dataclass(frozen=True)
+class PipelinePlan:
+    schedule: str
+    microbatch_size: int
+    module_fqns: list[list[str]] | None  # module names per stage (module_fqns_per_model_part)
+    split_points: list[str]              # torchtitan's "layers.4 starts a stage" names
+    layers_per_stage: int | None         # None and no names: balanced by the stage planner
+
+
+@dataclass(frozen=True)
+class ContextPlan:
+    method: str                  # "ring" | "ulysses"
+    rotate: str
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    dims: ParallelDims
+    device_type: str
+    spec: Any                    # titan_models.ModelSpec
+    args: Any                    # the family's args, run options applied and validated
+    batch: BatchPlan
+    precision: Precision
+    parallel: ParallelPlan
+    float8: Float8Options | None
+    pipeline: PipelinePlan | None
+    context: ContextPlan | None
+
+    @property
+    def flops_per_token(self) -> float:
+        return self.spec.flops_per_token(self.args, self.batch.seq_len)
+
+
+def dims_from_config(cfg: JobConfig, world_size: int) -> ParallelDims:
+    """The degrees of `cfg` on `world_size` processes; ConfigError naming the config keys."""
+    p = cfg.parallelism
+    try:
+        return ParallelDims(dp_replicate=p.data_parallel_replicate_degree, dp_shard=p.data_parallel_shard_degree,
+                            cp=p.context_parallel_degree, tp=p.tensor_parallel_degree, pp=p.pipeline_parallel_degree,
+                            world_size=world_size, names=DEGREE_KEYS)
+    except ParallelDimsError as e:
+        raise ConfigError(f"{e} (world size: {world_size} processes)") from None
+
+
+def batch_plan(cfg: JobConfig, dims: ParallelDims) -> BatchPlan:
+    p, t = cfg.parallelism, cfg.training
+    dp = dims.dp_replicate * dims.dp_shard
+    global_batch = t.global_batch_size if t.global_batch_size > 0 else t.local_batch_size * dp
+    if global_batch % (t.local_batch_size * dp):
+        raise ConfigError(f"training.global_batch_size = {global_batch} must be a multiple of "
+                          f"local_batch_size x data-parallel degree = {t.local_batch_size} x {dp}")
+    microbatch = t.local_batch_size
+    if dims.pp > 1:
+        microbatch = p.pipeline_parallel_microbatch_size
+        if t.local_batch_size % microbatch:
+            raise ConfigError(f"training.local_batch_size = {t.local_batch_size} must be divisible by "
+                              f"parallelism.pipeline_parallel_microbatch_size = {microbatch}")
+    return BatchPlan(t.local_batch_size, global_batch, dp, global_batch // (t.local_batch_size * dp), t.seq_len,
+                     microbatch)
+
+
+def uses_fsdp(dims: ParallelDims, device_type: str, cfg: JobConfig) -> bool:
+    """FSDP when sharding over ranks, and on a single GPU for bf16 mixed precision."""
+    if dims.dp_shard * dims.cp > 1:
+        return True
+    return device_type == "cuda" and dims.world_size == 1 and cfg.training.mixed_precision_param != "float32"
+
+
+def precision_plan(cfg: JobConfig, dims: ParallelDims, device_type: str) -> Precision:
+    t = cfg.training
+    gpu = device_type == "cuda"
+    param = DTYPES[t.mixed_precision_param] if gpu else torch.float32
+    reduce = DTYPES[t.mixed_precision_reduce] if gpu else torch.float32
+    if not gpu or t.mixed_precision_param == "float32":
+        mode = "off"
+    elif uses_fsdp(dims, device_type, cfg):
+        mode = "fsdp"
+    elif dims.tp > 1 or dims.pp > 1:
+        mode = "unsupported"
+    else:
+        mode = "autocast"
+    return Precision(mode, param, reduce)
+
+
+def model_args(cfg: JobConfig, spec, vocab_size: int, dims: ParallelDims, eos_id: int | None = None):
+    """The family's args for `cfg`: flavor, then the run's options, validated under the degrees."""
+    m = cfg.model
+    want_vocab = m.vocab_size if m.vocab_size > 0 else vocab_size
+    if want_vocab < vocab_size:
+        raise ConfigError(f"model.vocab_size = {want_vocab} is smaller than the tokenizer's {vocab_size} ids")
+    if m.attn_mask == "block_causal" and (dims.pp > 1 or (
+            dims.cp > 1 and cfg.parallelism.context_parallel_method == "ulysses")):
+        raise ConfigError("model.attn_mask = 'block_causal' does not combine with pipeline parallel or "
+                          "Ulysses context parallel yet; use attn_mask = 'causal' there")
+    options = RunOptions(
+        max_seq_len=cfg.training.seq_len, vocab_size=want_vocab, n_layers=m.n_layers if m.n_layers > 0 else None,
+        tie_embeddings=m.tie_embeddings, attn_backend=m.attn_backend, attn_mask=m.attn_mask,
+        sdpa_kernels=tuple(m.sdpa_kernels), eos_id=eos_id if m.attn_mask == "block_causal" else None,
+        # context parallel keeps the path it was checked on: k/v repeated to all heads
+        repeat_kv=dims.cp > 1)
+    args = spec.with_options(spec.args_for(m.flavor), options)
+    spec.validate(args, tp=dims.tp, cp=dims.cp, pp=dims.pp, names={**DEGREE_KEYS, "max_seq_len": "training.seq_len"})
+    return args
+
+
+def _ac(cfg: JobConfig) -> ACOptions | None:
+    ac = cfg.activation_checkpoint
+    if ac.mode == "none":
+        return None
+    if ac.mode == "selective" and ac.selective_ac_option != "op":
+        return ACOptions(mode="selective", layer_freq=int(ac.selective_ac_option))
+    return ACOptions(mode=ac.mode)
+
+
+def float8_options(cfg: JobConfig, spec) -> Float8Options | None:
+    """The float8 conversion, with the family's must-skip linears joined to the configured filter."""
+    if not uses_float8(cfg):
+        return None
+    f8 = cfg.float8
+    skip = tuple(dict.fromkeys([*f8.filter_fqns, *spec.float8_skip]))
+    return Float8Options(recipe=f8.recipe_name or "tensorwise", skip=tuple(s for s in skip if s != "auto_filter_small_kn"),
+                         skip_small="auto_filter_small_kn" in skip,
+                         fsdp_float8_all_gather=f8.enable_fsdp_float8_all_gather,
+                         precompute_scale=f8.precompute_float8_dynamic_scale_for_fsdp, emulate=f8.emulate)
+
+
+def parallel_plan(cfg: JobConfig, dims: ParallelDims, device_type: str, precision: Precision) -> ParallelPlan:
+    p, c = cfg.parallelism, cfg.compile
+    fsdp = uses_fsdp(dims, device_type, cfg)
+    # under PP several microbatches reuse the gathered params: keep them ("default" there = never)
+    reshard = {"default": False if dims.pp > 1 else "default", "always": True,
+               "never": False}[p.fsdp_reshard_after_forward]
+    return ParallelPlan(
+        tp=dims.tp > 1, loss_parallel=dims.tp > 1 and not p.disable_loss_parallel and dims.pp == 1,
+        async_tp=p.enable_async_tensor_parallel and dims.tp > 1,
+        ulysses=dims.cp > 1 and p.context_parallel_method == "ulysses", ac=_ac(cfg),
+        compile=CompileOptions(backend=c.backend) if c.enable and "model" in c.components else None,
+        dp="fsdp" if fsdp else ("ddp" if dims.dp_replicate > 1 else None),
+        fsdp=FSDPOptions(param_dtype=precision.param_dtype, reduce_dtype=precision.reduce_dtype,
+                         reshard_after_forward=reshard, cpu_offload=cfg.training.enable_cpu_offload))
+
+
+def _check_fsdp_options(cfg: JobConfig, parallel: ParallelPlan) -> None:
+    """Options that only FSDP carries out, refused when this layout has no FSDP."""
+    if parallel.dp == "fsdp":
+        return
+    f8, p, t = cfg.float8, cfg.parallelism, cfg.training
+    float8 = uses_float8(cfg)
+    asked = [k for k, on in (("training.enable_cpu_offload", t.enable_cpu_offload),
+                             (f"parallelism.fsdp_reshard_after_forward = {p.fsdp_reshard_after_forward!r}",
+                              p.fsdp_reshard_after_forward != "default"),
+                             (f"training.mixed_precision_reduce = {t.mixed_precision_reduce!r}",
+                              t.mixed_precision_reduce != "float32"),
+                             ("quantize.linear.float8.enable_fsdp_float8_all_gather",
+                              float8 and f8.enable_fsdp_float8_all_gather),
+                             ("quantize.linear.float8.precompute_float8_dynamic_scale_for_fsdp",
+                              float8 and f8.precompute_float8_dynamic_scale_for_fsdp)) if on]
+    if asked:
+        raise ConfigError(f"{', '.join(asked)} needs FSDP, which this layout does not use (FSDP shards over "
+                          "parallelism.data_parallel_shard_degree x context_parallel_degree > 1, or holds the "
+                          "bf16 copy on one GPU); turn it off or shard the model")
+
+
+def _check_ring(cfg: JobConfig, dims: ParallelDims, device_type: str) -> None:
+    """Ring attention (torch's context_parallel) replaces scaled_dot_product_attention and nothing
+    else: combinations it would silently compute otherwise are refused."""
+    key = f"parallelism.context_parallel_degree = {dims.cp} with context_parallel_method = 'ring'"
+    if cfg.model.attn_backend != "sdpa":
+        raise ConfigError(f"{key} and model.attn_backend = {cfg.model.attn_backend!r}: torch's ring attention "
+                          "patches SDPA only, so this attention would attend within each rank's shard of the "
+                          "sequence. Use attn_backend = 'sdpa', or context_parallel_method = 'ulysses' (any kernel)")
+    if dims.pp > 1:
+        raise ConfigError(f"{key} and parallelism.pipeline_parallel_degree = {dims.pp}: not proven on GPUs yet, so "
+                          "refused; context_parallel_method = 'ulysses' combines with pipeline parallel (tested)")
+    if device_type != "cuda":
+        raise ConfigError(f"{key} needs GPUs (torch's ring attention does not run on CPU); 'ulysses' runs anywhere")
+
+
+def make_plan(cfg: JobConfig, *, world_size: int, device_type: str, vocab_size: int,
+              eos_id: int | None = None) -> RunPlan:
+    """The plan of `cfg` on `world_size` processes of `device_type`; ConfigError for anything the
+    trainer would refuse, naming the config keys, before any work starts."""
+    p = cfg.parallelism
+    dims = dims_from_config(cfg, world_size)
+    if dims.cp > 1 and p.context_parallel_method == "ring":
+        _check_ring(cfg, dims, device_type)
+    batch = batch_plan(cfg, dims)
+    precision = precision_plan(cfg, dims, device_type)
+    parallel = parallel_plan(cfg, dims, device_type, precision)
+    _check_fsdp_options(cfg, parallel)
+    spec = titan_models.get_model_spec(cfg.model.name)
+    args = model_args(cfg, spec, vocab_size, dims, eos_id)
+    context = None
+    if dims.cp > 1:
+        context = ContextPlan(p.context_parallel_method, p.context_parallel_rotate_method)
+        _validate_cp(cfg, dims, spec.shape(args))
+    pipeline = None
+    if dims.pp > 1:
+        if p.pipeline_parallel_layers_per_stage is not None and (
+                p.module_fqns_per_model_part is not None or p.pipeline_parallel_split_points):
+            raise ConfigError("parallelism.pipeline_parallel_layers_per_stage and explicit stage boundaries "
+                              "(pipeline_parallel_split_points / module_fqns_per_model_part) both given: use one")
+        pipeline = PipelinePlan(p.pipeline_parallel_schedule, p.pipeline_parallel_microbatch_size,
+                                p.module_fqns_per_model_part, list(p.pipeline_parallel_split_points),
+                                p.pipeline_parallel_layers_per_stage)
+    return RunPlan(dims=dims, device_type=device_type, spec=spec, args=args, batch=batch, precision=precision,
+                   parallel=parallel, float8=float8_options(cfg, spec), pipeline=pipeline, context=context)
+
+
+def _validate_cp(cfg: JobConfig, dims: ParallelDims, shape) -> None:
+    from titan_parallel import ParallelConfigError
+    from titan_parallel import context as cp_lib
+
+    p = cfg.parallelism
+    try:
+        cp_lib.validate_cp(cp_degree=dims.cp, seq_len=cfg.training.seq_len, method=p.context_parallel_method,
+                           rotate=p.context_parallel_rotate_method, n_heads=shape.n_heads, tp_degree=dims.tp)
+    except ParallelConfigError as e:
+        raise ConfigError(f"parallelism.context_parallel_degree = {dims.cp} with context_parallel_method = "
+                          f"{p.context_parallel_method!r}, tensor_parallel_degree = {dims.tp} and training.seq_len = "
+                          f"{cfg.training.seq_len}: {e}") from None
