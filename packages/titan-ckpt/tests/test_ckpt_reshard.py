@@ -177,29 +177,29 @@ def test_hf_export_from_fsdp_and_load_into_tp_and_pp(pool, tmp_path):
     assert_same({**pp[0], **pp[1]}, expected, "pp")
 
 
-def _tiny_llama():
+def _tiny(family: str):
     from titan_models import get_model_spec
-    from titan_models.testing import tiny_llama_args
+    from titan_models.testing import tiny_args
 
-    spec = get_model_spec("llama3")
-    args = tiny_llama_args()
+    spec = get_model_spec(family)
+    args = tiny_args(family)
     torch.manual_seed(0)
     model = spec.build(args)
     model.init_weights()
     return model, spec.state_dict_adapter(args)
 
 
-def _llama_hf_round_trip_under_fsdp(out):
+def _hf_round_trip_under_fsdp(out, family):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    model, adapter = _tiny_llama()
+    model, adapter = _tiny(family)
     mesh = init_device_mesh("cpu", (2,))
     for block in model.layers.values():
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
     export_hf(out, model, adapter, torch.float32)
-    fresh, _ = _tiny_llama()
+    fresh, _ = _tiny(family)
     for p in fresh.parameters():
         p.data.zero_()
     for block in fresh.layers.values():
@@ -209,13 +209,14 @@ def _llama_hf_round_trip_under_fsdp(out):
     return full_states(fresh, make_optimizer(fresh, "sgd"))[0]
 
 
-def test_llama_adapter_exports_and_loads_fsdp_shards(pool, tmp_path):
+@pytest.mark.parametrize("family", ["llama3", "qwen3"])
+def test_family_adapters_export_and_load_fsdp_shards(pool, tmp_path, family):
     from safetensors.torch import load_file
 
-    got = pool.run(_llama_hf_round_trip_under_fsdp, str(tmp_path / "fsdp"))
-    model, adapter = _tiny_llama()
+    got = pool.run(_hf_round_trip_under_fsdp, str(tmp_path / "fsdp"), family)
+    model, adapter = _tiny(family)
     export_hf(tmp_path / "one", model, adapter, torch.float32)
     a, b = load_file(tmp_path / "fsdp/model.safetensors"), load_file(tmp_path / "one/model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     expected = {k: v.detach() for k, v in model.state_dict().items()}
-    assert_same(got[0], expected, "llama via HF under FSDP")
+    assert_same(got[0], expected, f"{family} via HF under FSDP")

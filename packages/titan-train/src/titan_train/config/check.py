@@ -6,6 +6,8 @@ import difflib
 from dataclasses import fields, is_dataclass
 from typing import Any
 
+from titan_models.common.attention import SDPA_KERNELS  # the one list of kernel names
+
 from titan_train.config.fields import choices_of
 from titan_train.config.job_config import JobConfig
 from titan_train.errors import ConfigError
@@ -16,7 +18,6 @@ CONVERTERS = ("quantize.linear.float8", "float8")
 def uses_float8(c: JobConfig) -> bool:
     """model.converters asks for float8 linears (under either of its names)."""
     return any(conv in CONVERTERS for conv in c.model.converters)
-SDPA_KERNELS = ("cudnn", "flash", "efficient", "math")
 
 
 def _check_choices(obj: Any, prefix: str) -> None:

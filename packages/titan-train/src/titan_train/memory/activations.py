@@ -1,7 +1,8 @@
-"""Analytic activation memory of a Llama block and of the loss head, in bytes per token.
+"""Analytic activation memory of a decoder block and of the loss head, in bytes per token.
 
 Each term is a tensor autograd (or an activation-checkpoint policy) keeps between forward and
-backward, read off Titan's TransformerBlock (titan_models.llama.model / attention):
+backward, read off Titan's common decoder block (titan_models.common.decoder / attention), for any
+family's ModelShape (Qwen 3 adds its per-head q/k norms):
 
     x -> attention_norm -> wq, wk, wv -> RoPE(q, k) -> SDPA (grouped-query) -> wo -> + x
       -> ffn_norm -> w1, w3 -> silu(w1) * w3 -> w2 -> + h
