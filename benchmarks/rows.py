@@ -22,6 +22,9 @@ F8 = ["--model.converters", "quantize.linear.float8", "--quantize.linear.float8.
 F8_FSDP = [*F8, "--quantize.linear.float8.enable_fsdp_float8_all_gather",
            "--quantize.linear.float8.precompute_float8_dynamic_scale_for_fsdp"]
 NO_COMPILE = ["--compile.enable", "false"]
+# Qwen 3 1.7B as torchtitan benchmarked it: the real vocabulary, tied embeddings, seq 8192 (bench_1b's)
+QWEN3_1_7B = ["--model.name", "qwen3", "--model.flavor", "1.7B", "--model.tie_embeddings", "true",
+              "--model.vocab_size", "151936"]
 
 
 def _b(n: int) -> list[str]:
@@ -42,6 +45,10 @@ ROWS: dict[str, Row] = {
                           reference="55,968 tok/s, 41.3 GiB (H100)"),
     "vocab128k_compile_b2": Row([*ONE_B, *_b(2), "--compile.enable", "--model.vocab_size", "128256"],
                                 reference="47,624 tok/s, 50.9 GiB (H100)"),
+    # ---- Qwen 3 on one H200 (torchtitan v0.2.2 the same day: ../shared/GPU.md) ----
+    "qwen3_1.7b_compile_b2": Row([*ONE_B, *QWEN3_1_7B, *_b(2), "--compile.enable"],
+                                 reference="36,913 tok/s (52.6% MFU, tied output left out), 69.5 GiB (H200)"),
+    "qwen3_1.7b_eager_b2": Row([*ONE_B, *QWEN3_1_7B, *_b(2)], reference="no torchtitan figure"),
     "debug": Row(["--config", "llama3_debug", *_b(8)], reference="smoke row"),
     "debug_fsdp2": Row(["--config", "llama3_debug", *_b(4)], 2, reference="smoke row: `debug` on 2 ranks"),
     # ---- 4x H200 (8B reference; compile + selective op AC unless said) ----
