@@ -31,6 +31,9 @@ HELD_OUT_H200 = [
     # Llama 3 8B, vocab 128256, compile + selective op AC, batch 1 (benchmarks/results/2026-12-01-h200/
     # 8b_1gpu_sac_b1.json: peak_active_gib 125.6, peak_reserved_gib 137.9)
     (["--config", "bench_8b", "--training.local_batch_size", "1"], 1, 125.6, 137.9),
+    # Qwen 3 1.7B (vocab 151936, tied), compile, batch 2 (benchmarks/results/2026-12-02-h200.md)
+    (["--config", "bench_1b", "--model.name", "qwen3", "--model.flavor", "1.7B", "--model.tie_embeddings", "true",
+      "--model.vocab_size", "151936", "--training.local_batch_size", "2", "--compile.enable"], 1, 60.8, 67.2),
 ]
 # torchtitan v0.2.2 on the same GPU kind (reserved only; a different implementation): /work/shared/GPU.md
 TORCHTITAN = [
