@@ -39,6 +39,14 @@ class ModelShape:
     tie_embeddings: bool
     qk_norm: bool = False          # per-head RMSNorm of q and k (Qwen 3)
     attention_bias: bool = False   # biases on wq, wk, wv, wo
+    # Mixture of experts: moe_layers of the n_layers blocks route each token to top_k of n_experts
+    # SwiGLU experts moe_hidden wide (plus n_shared_experts on every token); the rest are dense.
+    moe_layers: int = 0
+    n_experts: int = 0
+    top_k: int = 0
+    moe_hidden: int = 0
+    n_shared_experts: int = 0
+    router_bias: bool = False
 
     @property
     def q_dim(self) -> int:
@@ -77,17 +85,22 @@ def replace_fields(args: Any, options: RunOptions, *, where: str) -> Any:
     return dataclasses.replace(args, **changes)
 
 
-def decoder_params(s: ModelShape, *, exclude_embedding: bool = False) -> int:
+def decoder_params(s: ModelShape, *, exclude_embedding: bool = False, active: bool = False) -> int:
     """Parameters of a decoder of this shape (tied weights once): embedding, blocks (attention
-    with its optional biases and q/k norms, SwiGLU, two norms), final norm, output."""
+    with its optional biases and q/k norms, SwiGLU or MoE, two norms), final norm, output.
+    active: count top_k of the routed experts (the weights one token meets)."""
     attention = 2 * s.dim * s.q_dim + 2 * s.dim * s.kv_dim
     if s.attention_bias:
         attention += s.q_dim + 2 * s.kv_dim + s.dim
     if s.qk_norm:
         attention += 2 * s.head_dim
-    block = attention + 3 * s.dim * s.ffn_hidden + 2 * s.dim
+    dense = attention + 3 * s.dim * s.ffn_hidden + 2 * s.dim
+    routed = (s.top_k if active else s.n_experts) * 3 * s.dim * s.moe_hidden
+    router = s.n_experts * (s.dim + (1 if s.router_bias else 0))
+    moe = attention + router + routed + s.n_shared_experts * 3 * s.dim * s.moe_hidden + 2 * s.dim
     embedding = s.vocab_size * s.dim
-    total = embedding + s.n_layers * block + s.dim + (0 if s.tie_embeddings else embedding)
+    blocks = (s.n_layers - s.moe_layers) * dense + s.moe_layers * moe
+    total = embedding + blocks + s.dim + (0 if s.tie_embeddings else embedding)
     return total - embedding if exclude_embedding else total
 
 
@@ -96,13 +109,14 @@ def decoder_flops_per_token(s: ModelShape, seq_len: int) -> float:
 
         6 * (params - embedding table) + 12 * n_layers * n_heads * head_dim * seq_len
 
+    N counts the active parameters of a mixture of experts (top_k of the routed experts).
     6N: each weight does one multiply-add (2 FLOPs) forward and two backward. The table lookup does
     no math and is left out; the output projection is a matmul and is counted even when it shares
     its weight with the table (tied). The second term is QK^T and AV (2 matmuls x 2 FLOPs x 3 for
     forward + backward) over the full seq_len x seq_len square, the usual convention, although a
     causal mask skips half of it. (torchtitan leaves a tied output projection out.)
     """
-    dense = decoder_params(s, exclude_embedding=True) + (s.vocab_size * s.dim if s.tie_embeddings else 0)
+    dense = decoder_params(s, exclude_embedding=True, active=True) + (s.vocab_size * s.dim if s.tie_embeddings else 0)
     return float(6 * dense + 12 * s.n_layers * s.q_dim * seq_len)
 
 
@@ -153,6 +167,12 @@ class ModelSpec:
     output: str = "output"                          # the vocabulary projection (tied with the embedding?)
     attention_cores: str = "layers.*.attention.sdpa"
     float8_skip: tuple[str, ...] = ()
+    # Mixture of experts (module patterns; a dense flavor simply matches nothing): the MoE layers
+    # (their tokens_per_expert / expert_bias drive load balancing) and their experts modules (what
+    # expert parallel shards; each has n_experts, 3-D weights with experts on dim 0 and
+    # compute(x, counts, *weights)).
+    moe_modules: str = "layers.*.moe"
+    experts: str = "layers.*.moe.experts"
     hf_model_types: tuple[str, ...] = ()            # config.json "model_type" values this family reads
     load_original: Callable[[Any], tuple[dict, Any]] | None = None  # (folder) -> (state dict, args)
     description: str = ""
@@ -175,8 +195,9 @@ class ModelSpec:
             return self.configure(args, options)
         return replace_fields(args, options, where=self.name)
 
-    def num_params(self, args: Any, *, exclude_embedding: bool = False) -> int:
-        return decoder_params(self.shape(args), exclude_embedding=exclude_embedding)
+    def num_params(self, args: Any, *, exclude_embedding: bool = False, active: bool = False) -> int:
+        """Total parameters (tied once); active=True: a mixture of experts' top_k of its routed experts."""
+        return decoder_params(self.shape(args), exclude_embedding=exclude_embedding, active=active)
 
     def flops_per_token(self, args: Any, seq_len: int) -> float:
         return decoder_flops_per_token(self.shape(args), seq_len)

@@ -28,20 +28,25 @@ from torch import nn
 
 
 class DecoderBlock(nn.Module):
-    """Pre-norm block: x + attention(norm(x)), then h + feed_forward(norm(h))."""
+    """Pre-norm block: x + attention(norm(x)), then h + feed_forward(norm(h)) (or moe(norm(h)):
+    a mixture-of-experts block has `moe` where a dense one has `feed_forward`)."""
 
     def __init__(self, attention: AttentionShape, hidden_dim: int, norm_eps: float,
-                 feed_forward: nn.Module | None = None) -> None:
+                 feed_forward: nn.Module | None = None, *, moe: nn.Module | None = None) -> None:
         super().__init__()
         self.attention_norm = nn.RMSNorm(attention.dim, eps=norm_eps)
         self.attention = Attention(attention)
         self.ffn_norm = nn.RMSNorm(attention.dim, eps=norm_eps)
-        self.feed_forward = feed_forward if feed_forward is not None else FeedForward(attention.dim, hidden_dim)
+        if moe is not None:
+            self.moe = moe
+        else:
+            self.feed_forward = feed_forward if feed_forward is not None else FeedForward(attention.dim, hidden_dim)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, mask=None) -> torch.Tensor:
         # Three positional arguments always, so a TP PrepareModuleInput can name their layouts.
         h = x + self.attention(self.attention_norm(x), rope, mask)
-        return h + self.feed_forward(self.ffn_norm(h))
+        ffn = self.moe if "moe" in self._modules else self.feed_forward
+        return h + ffn(self.ffn_norm(h))
 
 
 class Decoder(nn.Module):
@@ -119,6 +124,9 @@ class Decoder(nn.Module):
             winit.fill_by_name(param, name, seed, self.init_rule(name))
         table = self._rope_table(self.freqs_cis.device)
         self.freqs_cis.copy_(table[: self.freqs_cis.shape[0]])
+        for module in self.modules():  # e.g. MoE load-balance state
+            if hasattr(module, "init_buffers"):
+                module.init_buffers()
 
     def init_rule(self, name: str):
         """How parameter `name` is initialized (torchtitan's rules for Llama-style decoders)."""
@@ -135,13 +143,24 @@ class Decoder(nn.Module):
         if name == "output.weight":
             return winit.trunc_normal(scaled_dim)
         parts = name.split(".")
-        if parts[0] == "layers" and len(parts) == 5:
-            layer, proj = int(parts[1]), parts[3]
+        if parts[0] == "layers" and len(parts) >= 4:
+            layer, rest = int(parts[1]), parts[2:]
+            # Projections writing into the residual stream shrink with depth so the sum of
+            # 2 * n_layers contributions keeps a stable scale.
+            depth = 2 * (layer + 1) if a.depth_init else 2 * a.n_layers
+            deep = winit.trunc_normal(0.02 / depth ** 0.5)
+            if rest[:2] == ["moe", "router"]:
+                return deep
+            if rest[:2] == ["moe", "experts"] and len(rest) == 3:
+                proj = rest[2]      # 3-D [experts, out, in] weights
+            elif rest[:2] == ["moe", "shared_experts"] and len(rest) == 4:
+                proj = rest[2]
+            elif len(rest) == 3:
+                proj = rest[1]      # attention.wq.weight, feed_forward.w1.weight
+            else:
+                proj = ""
             if proj in ("wq", "wk", "wv", "w1"):
                 return winit.trunc_normal(0.02)
             if proj in ("wo", "w2", "w3"):
-                # Projections writing into the residual stream shrink with depth so the sum of
-                # 2 * n_layers contributions keeps a stable scale.
-                depth = 2 * (layer + 1) if a.depth_init else 2 * a.n_layers
-                return winit.trunc_normal(0.02 / depth ** 0.5)
+                return deep
         raise RuntimeError(f"no initialization rule for parameter {name!r}")

@@ -6,6 +6,12 @@ its layout differs from HF's, a value transform per key (Llama permutes wq/wk ro
 
 Adapters work on full (non-sharded) tensors and have the duck type titan-ckpt expects:
 to_hf(sd) -> dict, from_hf(hf_sd) -> dict, hf_config(dtype) -> dict.
+
+Mixture of experts: Titan stacks a layer's experts in 3-D weights (`layers.N.moe.experts.w1`
+[E, H, D]); HF checkpoints of Qwen 3 MoE and DeepSeek hold one 2-D tensor per expert. The adapter
+also accepts (and, with from_hf(..., stacked=False), returns) one entry per expert,
+`layers.N.moe.experts.w1.J`, so that titan-ckpt can hand it only the experts a rank holds
+(`expert_weights` names the stacked suffixes).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ BLOCK = {
     "ffn_norm.weight": "post_attention_layernorm.weight",
 }
 _TITAN_BLOCK = re.compile(r"layers\.(\d+)\.(.+)")
+_TITAN_EXPERT = re.compile(r"layers\.(\d+)\.(.+?)(?:\.(\d+))?")
 _HF_BLOCK = re.compile(r"model\.layers\.(\d+)\.(.+)")
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -50,12 +57,26 @@ class DecoderAdapter:
 
     def __init__(self, args, *, block: dict[str, str] | None = None,
                  to_hf_values: dict[str, Transform] | None = None,
-                 from_hf_values: dict[str, Transform] | None = None) -> None:
+                 from_hf_values: dict[str, Transform] | None = None,
+                 experts: dict[str, str] | None = None, expert_bias: str | None = None,
+                 moe_layers: tuple[int, ...] = (), n_experts: int = 0) -> None:
+        """experts: stacked Titan suffix ("moe.experts.w1") -> HF per-expert suffix with {j}
+        ("mlp.experts.{j}.gate_proj.weight"); expert_bias: the HF suffix of moe.expert_bias, or
+        None when HF has none (to_hf drops it, from_hf gives zeros); moe_layers / n_experts: where."""
         self.args = args
         self.block = dict(BLOCK if block is None else block)
         self.block_back = {v: k for k, v in self.block.items()}
         self.to_hf_values = to_hf_values or {}
         self.from_hf_values = from_hf_values or {}
+        self.experts = dict(experts or {})
+        self.expert_weights = tuple(self.experts)
+        self.expert_bias = expert_bias
+        self.moe_layers, self.n_experts = tuple(moe_layers), n_experts
+        if expert_bias is not None:
+            self.block["moe.expert_bias"] = expert_bias
+            self.block_back[expert_bias] = "moe.expert_bias"
+        self._experts_back = [(re.compile(re.escape(v).replace(re.escape("{j}"), r"(\d+)")), k)
+                              for k, v in self.experts.items()]
 
     def _tied(self) -> bool:
         return bool(self.args.tie_embeddings)
@@ -69,6 +90,8 @@ class DecoderAdapter:
             if key in TOP:
                 out[TOP[key]] = value
                 continue
+            if self.experts and self._expert_to_hf(key, value, out):
+                continue
             m = _TITAN_BLOCK.fullmatch(key)
             if not m or m.group(2) not in self.block:
                 raise ModelConfigError(f"to_hf: unexpected key {key!r} in a {self.family} state dict")
@@ -76,8 +99,26 @@ class DecoderAdapter:
             out[f"model.layers.{m.group(1)}.{self.block[m.group(2)]}"] = fn(value) if fn else value
         return out
 
-    def from_hf(self, hf_state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """HF names/layout -> Titan. With tied embeddings output.weight is the embedding tensor."""
+    def _expert_to_hf(self, key: str, value, out: dict) -> bool:
+        m = _TITAN_EXPERT.fullmatch(key)
+        if not m:
+            return False
+        layer, suffix, j = m.groups()
+        if suffix == "moe.expert_bias" and self.expert_bias is None:
+            return True  # HF has no such tensor: dropped (from_hf gives zeros)
+        if suffix not in self.experts:
+            return False
+        hf = f"model.layers.{layer}.{self.experts[suffix]}"
+        if j is not None:
+            out[hf.format(j=j)] = value
+        else:  # stacked [E, ...]: one tensor per expert
+            for e, piece in enumerate(value.unbind(0)):
+                out[hf.format(j=e)] = piece
+        return True
+
+    def from_hf(self, hf_state_dict: dict[str, torch.Tensor], *, stacked: bool = True) -> dict[str, torch.Tensor]:
+        """HF names/layout -> Titan. With tied embeddings output.weight is the embedding tensor.
+        Experts are stacked into 3-D weights (stacked=False: one `...experts.w1.J` entry each)."""
         top_back = {v: k for k, v in TOP.items()}
         out = {}
         for key, value in hf_state_dict.items():
@@ -87,6 +128,11 @@ class DecoderAdapter:
                 out[top_back[key]] = value
                 continue
             m = _HF_BLOCK.fullmatch(key)
+            expert = self._expert_from_hf(m.group(2)) if m and self.experts else None
+            if expert is not None:
+                suffix, j = expert
+                out[f"layers.{m.group(1)}.{suffix}.{j}"] = value
+                continue
             if not m or m.group(2) not in self.block_back:
                 raise ModelConfigError(f"from_hf: unexpected key {key!r} in a {self.family} state dict")
             suffix = self.block_back[m.group(2)]
@@ -94,7 +140,36 @@ class DecoderAdapter:
             out[f"layers.{m.group(1)}.{suffix}"] = fn(value) if fn else value
         if self._tied() and "tok_embeddings.weight" in out:
             out["output.weight"] = out["tok_embeddings.weight"]
-        return out
+        if self.experts and self.expert_bias is None:
+            layers = {int(k.split(".")[1]) for k in out if k.startswith("layers.")}
+            for i in sorted(layers & set(self.moe_layers)):
+                out.setdefault(f"layers.{i}.moe.expert_bias", torch.zeros(self.n_experts))
+        return stack_experts(out, self.expert_weights, self.n_experts) if stacked else out
+
+    def _expert_from_hf(self, suffix: str) -> tuple[str, int] | None:
+        for pattern, titan in self._experts_back:
+            m = pattern.fullmatch(suffix)
+            if m:
+                return titan, int(m.group(1))
+        return None
+
+
+def stack_experts(sd: dict[str, torch.Tensor], suffixes: tuple[str, ...], n_experts: int) -> dict[str, torch.Tensor]:
+    """`layers.N.<suffix>.J` entries (J = 0..n_experts-1) -> one stacked `layers.N.<suffix>` each."""
+    out, groups = {}, {}
+    for key, value in sd.items():
+        m = _TITAN_EXPERT.fullmatch(key)
+        if m and m.group(3) is not None and m.group(2) in suffixes:
+            groups.setdefault(f"layers.{m.group(1)}.{m.group(2)}", {})[int(m.group(3))] = value
+        else:
+            out[key] = value
+    for key, pieces in groups.items():
+        missing = sorted(set(range(n_experts)) - set(pieces))
+        if missing or len(pieces) != n_experts:
+            raise ModelConfigError(f"from_hf: {key} has {len(pieces)} experts of {n_experts}"
+                                   + (f" (missing {missing[:8]})" if missing else ""))
+        out[key] = torch.stack([pieces[j] for j in range(n_experts)])
+    return out
 
 
 def need(config: dict, key: str, family: str):

@@ -12,6 +12,14 @@ the vocabulary (a DTensor, Shard(-1)) for torch's loss_parallel() cross-entropy.
 (Qwen 3) see this rank's heads: their weights are replicated with the heads dim (2) as the sharded
 one, so each rank's weight gradient is a partial sum that is reduced like a sequence-parallel norm's.
 Biases of wo / w2 (row-parallel) are added once, by torch's RowwiseParallel, after the reduction.
+
+Mixture-of-experts blocks keep their sequence shard: each TP rank routes its own tokens (no
+all-gather before the router, no reduce-scatter after the experts). The router gate and shared
+experts are replicated with the token dim as the sharded one (their gradients are partial sums,
+reduced like a sequence-parallel norm's). The routed experts are not in this plan: each TP rank
+runs them on its own tokens, so their weights must be sharded over an expert mesh that contains the
+TP ranks (expert parallel and/or FSDP of the experts: titan_parallel.parallelize(experts=...)),
+whose gradient reduction sums the TP ranks' shares.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     ParallelStyle,
     PrepareModuleInput,
+    PrepareModuleInputOutput,
     RowwiseParallel,
     SequenceParallel,
 )
@@ -56,7 +65,19 @@ def decoder_tp_plan(model: nn.Module, *, sequence_parallel: bool = True,
             "layers.*.feed_forward": PrepareModuleInput(
                 input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
         })
-    block = next(iter(model.layers.values()), None) if getattr(model, "layers", None) is not None else None
+    blocks = list(model.layers.values()) if getattr(model, "layers", None) is not None else []
+    block = blocks[0] if blocks else None
+    if any(hasattr(b, "moe") for b in blocks):
+        if not sequence_parallel:
+            raise ValueError("mixture-of-experts blocks need sequence_parallel=True (each rank routes its tokens)")
+        plan.update({
+            "layers.*.moe": PrepareModuleInputOutput(
+                input_layouts=(Shard(1),), desired_input_layouts=(Shard(1),), use_local_input=True,
+                output_layouts=(Shard(1),), desired_output_layouts=(Shard(1),), use_local_output=False),
+            "layers.*.moe.router.gate": SequenceParallel(sequence_dim=0, use_local_output=True),
+        })
+        if any(getattr(b, "moe", None) is not None and b.moe.shared_experts is not None for b in blocks):
+            plan["layers.*.moe.shared_experts"] = SequenceParallel(sequence_dim=0, use_local_output=True)
     if block is not None and getattr(block.attention, "q_norm", None) is not None:
         plan.update({"layers.*.attention.q_norm": SequenceParallel(sequence_dim=2, use_local_output=True),
                      "layers.*.attention.k_norm": SequenceParallel(sequence_dim=2, use_local_output=True)})
@@ -65,8 +86,13 @@ def decoder_tp_plan(model: nn.Module, *, sequence_parallel: bool = True,
         "layers.*.attention.wk": ColwiseParallel(),
         "layers.*.attention.wv": ColwiseParallel(),
         "layers.*.attention.wo": RowwiseParallel(output_layouts=seq),
-        "layers.*.feed_forward.w1": ColwiseParallel(),
-        "layers.*.feed_forward.w2": RowwiseParallel(output_layouts=seq),
-        "layers.*.feed_forward.w3": ColwiseParallel(),
     })
+    if any(hasattr(b, "feed_forward") for b in blocks):
+        plan.update({
+            "layers.*.feed_forward.w1": ColwiseParallel(),
+            "layers.*.feed_forward.w2": RowwiseParallel(output_layouts=seq),
+            "layers.*.feed_forward.w3": ColwiseParallel(),
+        })
+    if sequence_parallel and not any(hasattr(b, "feed_forward") for b in blocks):
+        plan.pop("layers.*.feed_forward", None)
     return plan

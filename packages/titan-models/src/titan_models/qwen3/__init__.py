@@ -1,4 +1,4 @@
-"""Qwen 3 (dense) and its ModelSpec."""
+"""Qwen 3 (dense and mixture of experts) and its ModelSpec."""
 
 from __future__ import annotations
 
@@ -44,8 +44,10 @@ QWEN3 = ModelSpec(
     pipeline_split_points=pipeline_split_points,
     override=with_overrides,
     shape=Qwen3Args.shape,
-    hf_model_types=("qwen3",),
-    description="Qwen 3 dense (q/k RMSNorm, decoupled head_dim, rotate-half RoPE; HF names without permutation)",
+    hf_model_types=("qwen3", "qwen3_moe"),
+    float8_skip=("moe.router.gate",),
+    description="Qwen 3 dense and MoE (q/k RMSNorm, decoupled head_dim, rotate-half RoPE; HF names without "
+                "permutation; MoE: softmax top-k of 128 experts, per-expert HF tensors)",
 )
 
 __all__ = ["FLAVORS", "QWEN3", "Qwen3Args", "Qwen3Model", "Qwen3StateDictAdapter", "args_from_hf_config",

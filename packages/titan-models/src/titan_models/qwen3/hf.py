@@ -1,18 +1,26 @@
-"""Hugging Face transformers interop: Qwen3ForCausalLM state dicts and config.json.
+"""Hugging Face transformers interop: Qwen3ForCausalLM / Qwen3MoeForCausalLM state dicts and config.json.
 
 Names map one to one (Titan's decoder names, HF's Qwen 3 names) and no value changes: Titan's Qwen 3
 rotates RoPE halves as HF does, so wq/wk and the per-head q_norm/k_norm weights keep their layout.
+MoE: HF's files hold one gate/up/down projection per expert (`mlp.experts.J.gate_proj.weight`),
+Titan stacks them (`moe.experts.w1[J]`); the router is `mlp.gate`; HF has no expert bias.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 from titan_models.common.hf import BLOCK, DecoderAdapter, eos_of, need, rope_parameters
+from titan_models.common.moe import MoEShape
 from titan_models.common.rope import YarnScaling
 from titan_models.errors import ModelConfigError
 from titan_models.qwen3.args import Qwen3Args, with_overrides
 
 QWEN3_BLOCK = {**BLOCK, "attention.q_norm.weight": "self_attn.q_norm.weight",
                "attention.k_norm.weight": "self_attn.k_norm.weight"}
+MOE_BLOCK = {"moe.router.gate.weight": "mlp.gate.weight"}
+EXPERTS = {"moe.experts.w1": "mlp.experts.{j}.gate_proj.weight", "moe.experts.w2": "mlp.experts.{j}.down_proj.weight",
+           "moe.experts.w3": "mlp.experts.{j}.up_proj.weight"}
 
 
 class Qwen3StateDictAdapter(DecoderAdapter):
@@ -21,10 +29,16 @@ class Qwen3StateDictAdapter(DecoderAdapter):
     family = "Qwen 3"
 
     def __init__(self, args: Qwen3Args) -> None:
-        super().__init__(args, block=QWEN3_BLOCK if args.qk_norm else BLOCK)
+        block = QWEN3_BLOCK if args.qk_norm else BLOCK
+        if args.moe is None:
+            super().__init__(args, block=block)
+        else:
+            moe_layers = tuple(i for i in range(args.n_layers) if args.is_moe_layer(i))
+            super().__init__(args, block={**block, **MOE_BLOCK}, experts=EXPERTS, moe_layers=moe_layers,
+                             n_experts=args.moe.n_experts)
 
     def hf_config(self, dtype: str = "bfloat16") -> dict:
-        """config.json contents for transformers' Qwen3ForCausalLM."""
+        """config.json contents for transformers' Qwen3ForCausalLM (Qwen3MoeForCausalLM with experts)."""
         a = self.args
         if not a.qk_norm:
             raise ModelConfigError("Qwen3ForCausalLM always has q/k norms: this model (qk_norm=False) has none")
@@ -45,6 +59,19 @@ class Qwen3StateDictAdapter(DecoderAdapter):
             raise ModelConfigError(f"Qwen 3 HF configs carry no {type(a.rope_scaling).__name__} RoPE scaling")
         if a.eos_id is not None:
             config["eos_token_id"] = a.eos_id
+        if a.moe is not None:
+            m = a.moe
+            if (m.score_func, m.n_shared_experts, m.n_groups, m.gate_bias, m.score_before_experts, m.route_scale) != (
+                    "softmax", 0, 1, False, False, 1.0):
+                raise ModelConfigError("Qwen3MoeForCausalLM routes by softmax top-k without shared experts, groups, "
+                                       f"gate bias or scaling; this model's routing is {m}")
+            config.update({
+                "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "num_experts": m.n_experts,
+                "num_experts_per_tok": m.top_k, "moe_intermediate_size": m.hidden_dim,
+                "norm_topk_prob": m.route_norm, "decoder_sparse_step": a.moe_step,
+                "mlp_only_layers": list(a.dense_layers), "router_aux_loss_coef": m.aux_loss,
+                "output_router_logits": False,
+            })
         return config
 
 
@@ -73,4 +100,13 @@ def args_from_hf_config(config: dict, **overrides) -> Qwen3Args:
         max_seq_len=config.get("max_position_embeddings", 40960),
         tie_embeddings=bool(config.get("tie_word_embeddings", False)), eos_id=eos_of(config),
     )
+    if config.get("model_type") == "qwen3_moe" or "num_experts" in config or "num_local_experts" in config:
+        # transformers 5 writes num_local_experts, 4 wrote num_experts
+        experts = config.get("num_local_experts") or need(config, "num_experts", "Qwen 3 MoE")
+        moe = MoEShape(n_experts=experts,
+                       top_k=need(config, "num_experts_per_tok", "Qwen 3 MoE"),
+                       hidden_dim=need(config, "moe_intermediate_size", "Qwen 3 MoE"), score_func="softmax",
+                       route_norm=bool(config.get("norm_topk_prob", False)))
+        args = dataclasses.replace(args, moe=moe, moe_step=int(config.get("decoder_sparse_step", 1)),
+                                   dense_layers=tuple(config.get("mlp_only_layers") or ()))
     return with_overrides(args, overrides, where="args_from_hf_config")

@@ -1,0 +1,250 @@
+"""Mixture of experts: a token-choice top-k router, grouped experts, shared experts, and the MoE
+layer that dispatches tokens to experts and combines their outputs (no torch.distributed here:
+expert parallel wraps `GroupedExperts.forward` from titan-parallel, see apply_ep).
+
+    x [T, D] -> router -> (scores [T, k], experts [T, k], counts [E])
+      -> tokens sorted by expert (stable) -> experts(x_sorted, counts) -> weighted by scores
+      -> added back at their token positions (+ shared experts on every token)
+
+Experts compute in the weights' dtype (float32 weights give float32 math, so one process and every
+parallel layout agree to float32 precision); torch.compile needs bf16 weights for grouped GEMMs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from titan_models.common.mlp import FeedForward
+from titan_models.errors import ModelConfigError
+from torch import nn
+
+SCORE_FUNCS = ("softmax", "sigmoid")
+
+
+@dataclass(frozen=True)
+class MoEShape:
+    """One MoE layer's experts and routing.
+
+    score_func: softmax (Qwen 3, DeepSeek 16B) or sigmoid (DeepSeek V3, Llama 4) over the router
+    logits, in float32. route_norm: renormalize the k selected scores to sum to 1. route_scale:
+    multiply them. n_groups / topk_groups: group-limited routing (DeepSeek V3: experts in 8 groups,
+    tokens choose within the 4 groups whose two best scores sum highest). score_before_experts:
+    scale the expert inputs instead of outputs (Llama 4). load_balance_coeff: None, or the step of
+    the aux-loss-free bias update (DeepSeek V3: 1e-3), which needs the expert_bias buffer. aux_loss
+    (alpha): the sequence-wise balance loss weight (DeepSeek V3 eq. 17-20), 0 = off.
+    """
+
+    n_experts: int
+    top_k: int
+    hidden_dim: int                  # each expert's SwiGLU width
+    n_shared_experts: int = 0        # shared experts: one SwiGLU of n_shared x hidden_dim
+    score_func: str = "softmax"
+    route_norm: bool = True
+    route_scale: float = 1.0
+    n_groups: int = 1
+    topk_groups: int = 1
+    gate_bias: bool = False
+    score_before_experts: bool = False
+    load_balance_coeff: float | None = None
+    aux_loss: float = 0.0
+
+    def problems(self, dim: int) -> list[str]:
+        p = []
+        if self.score_func not in SCORE_FUNCS:
+            p.append(f"score_func={self.score_func!r} is not one of {SCORE_FUNCS}")
+        if not 1 <= self.top_k <= self.n_experts:
+            p.append(f"top_k={self.top_k} must be within 1..n_experts={self.n_experts}")
+        if self.n_experts % self.n_groups:
+            p.append(f"n_experts={self.n_experts} is not divisible by n_groups={self.n_groups}")
+        elif self.n_groups > 1 and not (1 <= self.topk_groups <= self.n_groups
+                                        and self.top_k <= self.topk_groups * self.n_experts // self.n_groups):
+            p.append(f"topk_groups={self.topk_groups} of n_groups={self.n_groups} leaves fewer than top_k="
+                     f"{self.top_k} experts to choose from")
+        # torch._grouped_mm needs 16-byte row strides: dims a multiple of 8 keep bf16 and fp32 aligned
+        for name, value in (("dim", dim), ("moe hidden_dim", self.hidden_dim)):
+            if value % 8:
+                p.append(f"{name}={value} must be a multiple of 8 for grouped GEMMs (16-byte rows)")
+        return p
+
+
+class TokenChoiceRouter(nn.Module):
+    """gate(x) -> scores in float32 -> top-k experts per token (expert_bias shifts the choice only)."""
+
+    def __init__(self, dim: int, s: MoEShape) -> None:
+        super().__init__()
+        self.s = s
+        self.gate = nn.Linear(dim, s.n_experts, bias=s.gate_bias)
+
+    def forward(self, x: torch.Tensor, expert_bias: torch.Tensor | None = None):
+        """x [T, D] -> (scores [T, k] float32, experts [T, k] int64, all scores [T, E] float32)."""
+        s = self.s
+        logits = self.gate(x).float()
+        scores = torch.sigmoid(logits) if s.score_func == "sigmoid" else F.softmax(logits, dim=-1)
+        choice = scores if expert_bias is None else scores + expert_bias
+        if s.n_groups > 1:
+            choice = self._limit_groups(choice)
+        experts = torch.topk(choice, s.top_k, dim=-1).indices
+        top = scores.gather(-1, experts)  # the unbiased scores of the chosen experts
+        if s.route_norm:
+            top = top / (top.sum(dim=-1, keepdim=True) + 1e-20)
+        return top * s.route_scale, experts, scores
+
+    def _limit_groups(self, choice: torch.Tensor) -> torch.Tensor:
+        """Keep the topk_groups groups whose best two scores sum highest; others can't be chosen."""
+        s = self.s
+        grouped = choice.unflatten(-1, (s.n_groups, -1))
+        best = grouped.topk(min(2, grouped.shape[-1]), dim=-1).values.sum(-1)  # [T, n_groups]
+        keep = torch.zeros_like(best, dtype=torch.bool).scatter_(-1, best.topk(s.topk_groups, dim=-1).indices, True)
+        return grouped.masked_fill(~keep.unsqueeze(-1), float("-inf")).flatten(-2)
+
+
+def grouped_swiglu(x: torch.Tensor, counts: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
+                   w3: torch.Tensor, *, loop: bool = False) -> torch.Tensor:
+    """Each expert's SwiGLU on its rows of x: x [N, D] sorted by expert, counts [E] (sum N);
+    w1, w3 [E, H, D], w2 [E, D, H]. One grouped GEMM per projection (torch._grouped_mm, int32
+    offsets), or a loop over experts (loop=True: the reference, and for torch builds without
+    grouped GEMMs). Computes in the weights' dtype."""
+    if x.dtype != w1.dtype:
+        x = x.to(w1.dtype)
+    if loop or not hasattr(torch, "_grouped_mm"):
+        out, start = [], 0
+        for e, n in enumerate(counts.tolist()):
+            rows = x[start:start + n]
+            out.append((F.silu(rows @ w1[e].t()) * (rows @ w3[e].t())) @ w2[e].t())
+            start += n
+        return torch.cat(out) if out else x.new_zeros(0, w2.shape[1])
+    offs = torch.cumsum(counts, 0, dtype=torch.int32)
+    h = F.silu(torch._grouped_mm(x, w1.transpose(-2, -1), offs=offs)) * torch._grouped_mm(x, w3.transpose(-2, -1),
+                                                                                          offs=offs)
+    return torch._grouped_mm(h, w2.transpose(-2, -1), offs=offs)
+
+
+class GroupedExperts(nn.Module):
+    """n_experts SwiGLU experts held as 3-D weights: w1, w3 [E, H, D], w2 [E, D, H].
+
+    forward(x_sorted [N, D], counts [E]) -> [N, D]: rows of x grouped by expert, in expert order.
+    Expert parallel replaces this forward (titan_parallel.apply_ep) by one that sends each row to
+    the rank holding its expert, runs `compute` there on the local experts, and sends it back.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, n_experts: int) -> None:
+        super().__init__()
+        self.n_experts = n_experts
+        self.w1 = nn.Parameter(torch.empty(n_experts, hidden_dim, dim))
+        self.w2 = nn.Parameter(torch.empty(n_experts, dim, hidden_dim))
+        self.w3 = nn.Parameter(torch.empty(n_experts, hidden_dim, dim))
+        self.loop = False  # True: a loop over experts instead of grouped GEMMs (tests, debugging)
+
+    def compute(self, x: torch.Tensor, counts: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
+                w3: torch.Tensor) -> torch.Tensor:
+        return grouped_swiglu(x, counts, w1, w2, w3, loop=self.loop)
+
+    def forward(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        return self.compute(x, counts, self.w1, self.w2, self.w3)
+
+
+class MoE(nn.Module):
+    """A MoE feed-forward: router, grouped experts, optional shared experts, load-balance state.
+
+    Buffers: `tokens_per_expert` [E] (float32, not saved): tokens routed to each expert in
+    training forwards since the last balance update (not counted again when activation
+    checkpointing recomputes a forward during backward); `expert_bias` [E] (float32, saved): added
+    to the scores for the choice only; zeros unless load_balance_coeff is set, when the trainer
+    moves it toward balance once per optimizer step (see `balance_update`).
+    """
+
+    def __init__(self, dim: int, s: MoEShape) -> None:
+        super().__init__()
+        problems = s.problems(dim)
+        if problems:
+            raise ModelConfigError("invalid MoE arguments: " + "; ".join(problems))
+        self.s = s
+        self.router = TokenChoiceRouter(dim, s)
+        self.experts = GroupedExperts(dim, s.hidden_dim, s.n_experts)
+        self.shared_experts = FeedForward(dim, s.hidden_dim * s.n_shared_experts) if s.n_shared_experts else None
+        self.register_buffer("tokens_per_expert", torch.zeros(s.n_experts), persistent=False)
+        # Always present (zeros when balancing is off), so checkpoints load whatever the setting.
+        self.register_buffer("expert_bias", torch.zeros(s.n_experts), persistent=True)
+        self.aux_scale = 1.0  # the trainer's loss scale (1 / gradient-accumulation steps): aux follows
+
+    def init_buffers(self) -> None:
+        """Zero the counts and the bias (after to_empty, which leaves buffers uninitialized)."""
+        with torch.no_grad():
+            self.tokens_per_expert.zero_()
+            self.expert_bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        bias = self.expert_bias if self.s.load_balance_coeff is not None else None
+        scores, experts, all_scores = self.router(x, bias)
+        k = self.s.top_k
+        flat = experts.flatten()
+        # scatter_add, not bincount: bincount's output size depends on the data (a GPU sync).
+        counts = flat.new_zeros(self.s.n_experts).scatter_add_(0, flat, torch.ones_like(flat))
+        if self.training and torch._C._current_graph_task_id() == -1:  # not a recompute in backward
+            with torch.no_grad():
+                self.tokens_per_expert += counts.to(self.tokens_per_expert.dtype)
+        order = torch.argsort(flat, stable=True)
+        tokens = order // k
+        weights = scores.flatten()[order].unsqueeze(-1)  # float32
+        routed = x[tokens]
+        if self.s.score_before_experts:
+            routed = (routed.float() * weights).to(x.dtype)
+        out = self.experts(routed, counts)
+        out = out.float() if self.s.score_before_experts else out.float() * weights
+        combined = torch.zeros(x.shape, dtype=torch.float32, device=x.device).index_add_(0, tokens, out).to(x.dtype)
+        if self.shared_experts is not None:
+            combined = combined + self.shared_experts(x)
+        if self.training and self.s.aux_loss > 0:
+            combined = _AttachAux.apply(combined, self._aux_loss(all_scores, experts, shape))
+        return combined.reshape(shape)
+
+    def _aux_loss(self, scores: torch.Tensor, experts: torch.Tensor, shape) -> torch.Tensor:
+        """DeepSeek V3's sequence-wise balance loss, alpha * sum_i f_i P_i per sequence, averaged:
+        f_i = E / (k T) x tokens of the sequence routed to i, P_i = mean over its tokens of the
+        normalized scores."""
+        s = self.s
+        batch, seq = (shape[0], shape[1]) if len(shape) == 3 else (1, shape[0])
+        norm = scores / scores.sum(-1, keepdim=True)
+        p = norm.view(batch, seq, -1).mean(1)                                       # [B, E]
+        hits = F.one_hot(experts, s.n_experts).sum(1).view(batch, seq, -1).float()  # [B, S, E]
+        f = hits.sum(1) * s.n_experts / (s.top_k * seq)                              # [B, E]
+        return s.aux_loss * (f * p).sum(-1).mean() * self.aux_scale
+
+
+class _AttachAux(torch.autograd.Function):
+    """Adds d(aux)/d(router) to backward without changing the forward value: the balance loss
+    joins the training loss's gradient without the model returning it (so pipeline schedules,
+    activation checkpointing and loss functions see only logits)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(aux)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (aux,) = ctx.saved_tensors
+        return grad, torch.ones_like(aux)
+
+
+def moe_layers(model: nn.Module) -> list[MoE]:
+    """The MoE layers of a model (or pipeline stage), in module order."""
+    return [m for m in model.modules() if isinstance(m, MoE)]
+
+
+@torch.no_grad()
+def balance_update(layers: list[MoE], counts: torch.Tensor, coeff: float) -> None:
+    """The aux-loss-free update (DeepSeek V3): every layer's expert_bias moves by coeff toward the
+    experts that got fewer than the mean number of tokens, re-centred to mean 0.
+
+    counts [layers, E]: tokens per expert summed over every rank that routed different tokens."""
+    mean = counts.mean(dim=-1, keepdim=True)
+    delta = coeff * torch.sign(mean - counts)
+    delta -= delta.mean(dim=-1, keepdim=True)
+    for layer, d in zip(layers, delta):
+        layer.expert_bias += d.to(layer.expert_bias.dtype)
+
