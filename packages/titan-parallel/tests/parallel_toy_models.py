@@ -47,26 +47,80 @@ class FeedForward(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
+class Experts(nn.Module):
+    """n_experts SwiGLU experts in 3-D weights: what titan_parallel.apply_ep shards. forward takes
+    rows sorted by expert and each expert's row count; compute() does the math on given weights."""
+
+    def __init__(self, dim: int, hidden: int, n_experts: int) -> None:
+        super().__init__()
+        self.n_experts = n_experts
+        self.w1 = nn.Parameter(torch.empty(n_experts, hidden, dim))
+        self.w2 = nn.Parameter(torch.empty(n_experts, dim, hidden))
+        self.w3 = nn.Parameter(torch.empty(n_experts, hidden, dim))
+
+    def compute(self, x, counts, w1, w2, w3):
+        out, start = [], 0
+        for e, n in enumerate(counts.tolist()):
+            rows = x[start:start + n]
+            out.append((F.silu(rows @ w1[e].t()) * (rows @ w3[e].t())) @ w2[e].t())
+            start += n
+        return torch.cat(out)
+
+    def forward(self, x, counts):
+        return self.compute(x, counts, self.w1, self.w2, self.w3)
+
+
+class MoE(nn.Module):
+    """Top-k softmax routing to Experts; `closed` experts are never chosen (empty groups)."""
+
+    def __init__(self, dim: int, hidden: int, n_experts: int, top_k: int, closed: tuple[int, ...] = ()) -> None:
+        super().__init__()
+        self.top_k = top_k
+        self.gate = nn.Linear(dim, n_experts, bias=False)
+        self.experts = Experts(dim, hidden, n_experts)
+        self.closed = closed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape, x = x.shape, x.reshape(-1, x.shape[-1])
+        logits = self.gate(x).float()
+        if self.closed:
+            logits[:, list(self.closed)] = float("-inf")
+        weights, chosen = logits.softmax(-1).topk(self.top_k, dim=-1)
+        weights = weights / weights.sum(-1, keepdim=True)
+        order = chosen.flatten().argsort(stable=True)
+        counts = torch.bincount(chosen.flatten(), minlength=self.experts.n_experts)
+        token = order // self.top_k
+        out = self.experts(x[token], counts) * weights.flatten()[order, None]
+        return torch.zeros_like(x).index_add_(0, token, out.to(x.dtype)).reshape(shape)
+
+
 class Block(nn.Module):
-    def __init__(self, dim: int, n_heads: int, n_kv_heads: int, hidden: int) -> None:
+    def __init__(self, dim: int, n_heads: int, n_kv_heads: int, hidden: int, n_experts: int = 0,
+                 top_k: int = 2, closed: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.attention_norm = nn.RMSNorm(dim)
         self.attention = Attention(dim, n_heads, n_kv_heads)
         self.ffn_norm = nn.RMSNorm(dim)
-        self.feed_forward = FeedForward(dim, hidden)
+        if n_experts:
+            self.moe = MoE(dim, hidden, n_experts, top_k, closed)
+        else:
+            self.feed_forward = FeedForward(dim, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attention(self.attention_norm(x))
-        return x + self.feed_forward(self.ffn_norm(x))
+        ffn = self.moe if "moe" in self._modules else self.feed_forward
+        return x + ffn(self.ffn_norm(x))
 
 
 class ToyGPT(nn.Module):
     def __init__(self, vocab: int = 256, dim: int = 64, n_layers: int = 2, n_heads: int = 4,
-                 n_kv_heads: int = 2, hidden: int = 128, seed: int = 0) -> None:
+                 n_kv_heads: int = 2, hidden: int = 128, seed: int = 0, n_experts: int = 0, top_k: int = 2,
+                 closed: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.seed = seed
         self.tok_embeddings = nn.Embedding(vocab, dim)
-        self.layers = nn.ModuleList(Block(dim, n_heads, n_kv_heads, hidden) for _ in range(n_layers))
+        self.layers = nn.ModuleList(Block(dim, n_heads, n_kv_heads, hidden, n_experts, top_k, closed)
+                                    for _ in range(n_layers))
         self.norm = nn.RMSNorm(dim)
         self.output = nn.Linear(dim, vocab, bias=False)
 
@@ -87,8 +141,10 @@ class ToyGPT(nn.Module):
             p.copy_(full.to(device=p.device, dtype=p.dtype))
 
 
-def tp_plan(*, sequence_parallel: bool = True, loss_parallel: bool = True) -> dict:
-    """ToyGPT's TP plan, in torch ParallelStyles; with SP the norms shard the sequence dim."""
+def tp_plan(*, sequence_parallel: bool = True, loss_parallel: bool = True, moe: bool = False) -> dict:
+    """ToyGPT's TP plan, in torch ParallelStyles; with SP the norms shard the sequence dim. moe:
+    the MoE blocks keep their sequence shard (each rank routes its own tokens; the experts are for
+    expert parallel / expert FSDP), the gate replicated like a sequence-parallel norm."""
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor.parallel import (
         ColwiseParallel,
@@ -121,6 +177,12 @@ def tp_plan(*, sequence_parallel: bool = True, loss_parallel: bool = True) -> di
             "layers.*.feed_forward": PrepareModuleInput(input_layouts=(Shard(1),),
                                                         desired_input_layouts=(Replicate(),)),
         })
+    if moe:
+        for key in [k for k in plan if k.startswith("layers.*.feed_forward")]:
+            del plan[key]
+        plan["layers.*.moe"] = PrepareModuleInput(  # the residual stream is local
+            input_layouts=(Shard(1),), desired_input_layouts=(Shard(1),), use_local_output=True)
+        plan["layers.*.moe.gate"] = SequenceParallel(sequence_dim=0, use_local_output=True)
     return plan
 
 

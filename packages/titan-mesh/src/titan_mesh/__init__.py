@@ -12,6 +12,7 @@ from titan_mesh.distributed import (
     set_collective_timeout,
 )
 from titan_mesh.parallel_dims import (
+    EXPERT_MESHES,
     FLATTENED_VIEWS,
     MESH_DIM_ORDER,
     ParallelDims,
@@ -23,6 +24,7 @@ from titan_mesh.seed import set_determinism
 __version__ = "0.1.0"
 
 __all__ = [
+    "EXPERT_MESHES",
     "FLATTENED_VIEWS",
     "MESH_DIM_ORDER",
     "DistInfo",

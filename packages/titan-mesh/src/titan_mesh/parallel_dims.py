@@ -3,6 +3,11 @@
 Axis order, outermost first: pp, dp_replicate, dp_shard, cp, tp. TP is innermost so that its
 frequent, latency-bound collectives stay inside a node; PP is outermost because it only sends
 activations point-to-point and tolerates slow links.
+
+Expert parallel (ep) is not one more axis of the world: it re-divides the same ranks. The
+dp_shard x cp x tp ranks of each (pp, dp_replicate) coordinate are split into (efsdp, ep) with ep
+innermost, so an ep group borrows the TP ranks first, then CP, then FSDP ranks; the experts are
+sharded over ep and FSDP-sharded over efsdp (see ParallelDims.build_mesh(experts=True)).
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ FLATTENED_VIEWS = {
     "dp_shard_cp": ("dp_shard", "cp"),
     "dp_cp": ("dp_replicate", "dp_shard", "cp"),
 }
+# Built with experts=True: the expert meshes, and the view over every rank that routes different
+# tokens (MoE load-balance counts are summed over it).
+EXPERT_MESHES = ("ep", "efsdp", "routing")
 
 
 class ParallelDimsError(ValueError):
@@ -44,6 +52,7 @@ class ParallelDims:
     tp: int = 1
     pp: int = 1
     world_size: int = 1
+    ep: int = 1  # expert parallel: divides dp_shard * cp * tp (borrows those ranks, tp first)
     # How the caller spells each degree in its own messages (e.g. {"tp":
     # "parallelism.tensor_parallel_degree"}): errors name what the user wrote, not these fields.
     names: dict[str, str] | None = field(default=None, repr=False, compare=False)
@@ -56,13 +65,25 @@ class ParallelDims:
 
     def _degrees(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.init and f.name not in ("world_size", "names")}
+                if f.init and f.name not in ("world_size", "names", "ep")}
 
     def _label(self, name: str) -> str:
         return (self.names or {}).get(name, name)
 
     def _describe(self) -> str:
         return ", ".join(f"{self._label(k)}={v}" for k, v in self._degrees().items())
+
+    def _validate_ep(self) -> None:
+        ep = self.ep
+        if not isinstance(ep, int) or isinstance(ep, bool) or ep < 1:
+            raise ParallelDimsError(f"degree {self._label('ep')}={ep!r} is invalid: use a positive integer")
+        borrow = self.dp_shard * self.cp * self.tp
+        if borrow % ep:
+            allowed = ", ".join(str(d) for d in range(1, borrow + 1) if borrow % d == 0)
+            raise ParallelDimsError(
+                f"expert parallel {self._label('ep')}={ep} must divide {self._label('dp_shard')} x "
+                f"{self._label('cp')} x {self._label('tp')} = {self.dp_shard} x {self.cp} x {self.tp} = {borrow} "
+                f"(expert-parallel ranks are borrowed from those, tensor-parallel ones first); allowed: {allowed}")
 
     def _validate(self) -> None:
         if not isinstance(self.world_size, int) or self.world_size < 1:
@@ -99,6 +120,7 @@ class ParallelDims:
                 f"{self.world_size}; their product must be {self.world_size}, or set one degree to -1 to "
                 "infer it"
             )
+        self._validate_ep()
 
     # Which axes are on.
     @property
@@ -130,6 +152,15 @@ class ParallelDims:
         return self.pp > 1
 
     @property
+    def ep_enabled(self) -> bool:
+        return self.ep > 1
+
+    @property
+    def efsdp(self) -> int:
+        """Ranks each expert shard is FSDP-sharded over: dp_shard x cp x tp / ep."""
+        return self.dp_shard * self.cp * self.tp // self.ep
+
+    @property
     def dp_degree(self) -> int:
         """Ranks that read different data (replicate x shard)."""
         return self.dp_replicate * self.dp_shard
@@ -142,12 +173,15 @@ class ParallelDims:
         """(name, degree) of the axes with degree > 1, outermost first."""
         return [(n, getattr(self, n)) for n in MESH_DIM_ORDER if getattr(self, n) > 1]
 
-    def build_mesh(self, device_type: str = "cpu") -> DeviceMesh:
+    def build_mesh(self, device_type: str = "cpu", *, experts: bool = False) -> DeviceMesh:
         """A DeviceMesh with one named dim per enabled axis, plus the flattened views.
 
         Needs an initialized default process group of `world_size` ranks. With no axis enabled
         (one rank) the mesh has a single `dp_shard` dim of size 1, so FSDP-style mixed precision
-        still applies on one device.
+        still applies on one device. experts=True (implied by ep > 1) also builds the meshes a
+        mixture of experts needs: "ep", "efsdp" (one root mesh [pp, dp_replicate, efsdp, ep], so
+        FSDP can shard expert-parallel weights over efsdp) and "routing" (all ranks of one
+        pipeline stage: each routes different tokens).
         """
         dims = self.enabled_dims() or [("dp_shard", 1)]
         names = tuple(n for n, _ in dims)
@@ -157,8 +191,36 @@ class ParallelDims:
             present = tuple(p for p in parts if p in names)
             if present:
                 meshes[view] = mesh[present]._flatten(view)
+        if experts or self.ep > 1:
+            meshes.update(self._expert_meshes(device_type, mesh, names))
         self._meshes = meshes
         return mesh
+
+    def expert_rank_grid(self) -> list:
+        """The sparse layout as nested lists [pp][dp_replicate][efsdp][ep] of global ranks: the
+        dp_shard x cp x tp ranks of each (pp, dp_replicate) cell, in order, cut into ep-sized runs."""
+        import torch
+
+        return torch.arange(self.world_size).view(self.pp, self.dp_replicate, self.efsdp, self.ep).tolist()
+
+    def _expert_meshes(self, device_type: str, mesh: DeviceMesh, names: tuple[str, ...]) -> dict[str, DeviceMesh]:
+        import torch
+
+        dims = [(n, d) for n, d in (("pp", self.pp), ("dp_replicate", self.dp_replicate)) if d > 1]
+        dims += [("efsdp", self.efsdp), ("ep", self.ep)]
+        grid = torch.arange(self.world_size).view(*(d for _, d in dims))
+        sparse = DeviceMesh(device_type, grid, mesh_dim_names=tuple(n for n, _ in dims))
+        out = {"sparse": sparse, "ep": sparse["ep"], "efsdp": sparse["efsdp"]}
+        if self.dp_replicate > 1:
+            out["dp_replicate_efsdp"] = sparse["dp_replicate", "efsdp"]
+        routing = tuple(n for n in ("dp_replicate", "dp_shard", "cp", "tp") if n in names)
+        out["routing"] = mesh[routing]._flatten("routing") if routing else mesh
+        return out
+
+    def expert_fsdp_mesh(self) -> DeviceMesh | None:
+        """The mesh FSDP shards expert weights over: `efsdp`, or 2-D (dp_replicate, efsdp) with
+        HSDP; None unless build_mesh made the expert meshes."""
+        return self._meshes.get("dp_replicate_efsdp") or self._meshes.get("efsdp")
 
     @property
     def has_mesh(self) -> bool:
@@ -166,11 +228,12 @@ class ParallelDims:
         return bool(self._meshes)
 
     def get_mesh(self, name: str) -> DeviceMesh | None:
-        """A dim ("tp", ...), a flattened view ("dp", "dp_shard_cp", "dp_cp") or "world", from the
-        last build_mesh; None when that axis is not enabled."""
+        """A dim ("tp", ...), a flattened view ("dp", "dp_shard_cp", "dp_cp"), an expert mesh
+        ("ep", "efsdp", "routing") or "world", from the last build_mesh; None when that axis is
+        not enabled (the expert meshes: not built)."""
         if not self._meshes:
             raise RuntimeError("call build_mesh(device_type) before get_mesh()")
-        known = ("world", *MESH_DIM_ORDER, *FLATTENED_VIEWS)
+        known = ("world", *MESH_DIM_ORDER, *FLATTENED_VIEWS, *EXPERT_MESHES)
         if name not in known:
             raise KeyError(f"unknown mesh name {name!r}; known: {', '.join(known)}")
         return self._meshes.get(name)

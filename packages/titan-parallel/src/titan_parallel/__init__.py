@@ -1,8 +1,8 @@
 """titan-parallel: FSDP2/HSDP/DDP, tensor + sequence parallel (async TP), activation checkpointing,
 per-block compile and Float8 for any nn.Module, plus gradient clipping across meshes.
 
-Documented order (what `parallelize` does): float8 -> TP -> AC -> compile -> FSDP/DDP, then
-`init_weights`, then the optimizer.
+Documented order (what `parallelize` does): float8 -> TP -> EP -> Ulysses -> AC -> compile ->
+FSDP/DDP (experts first, on their own mesh), then `init_weights`, then the optimizer.
 """
 
 from titan_parallel.activation_checkpoint import AC_MODES, DEFAULT_SAVE_OPS, OpPolicy, apply_ac
@@ -10,6 +10,7 @@ from titan_parallel.clip import clip_grad_norm_, get_total_norm
 from titan_parallel.compile import apply_compile
 from titan_parallel.data_parallel import apply_ddp, apply_fsdp
 from titan_parallel.errors import ParallelConfigError
+from titan_parallel.expert_parallel import apply_ep, apply_expert_fsdp
 from titan_parallel.float8 import apply_float8, float8_linear_names, precompute_float8_scales
 from titan_parallel.init import init_context, init_weights
 from titan_parallel.modules import find_repeated_blocks, resolve_units
@@ -36,6 +37,8 @@ __all__ = [
     "apply_ac",
     "apply_compile",
     "apply_ddp",
+    "apply_ep",
+    "apply_expert_fsdp",
     "apply_float8",
     "apply_fsdp",
     "apply_tp",

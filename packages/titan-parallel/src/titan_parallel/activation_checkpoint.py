@@ -7,7 +7,8 @@ saved and everything else (norms, activations, elementwise ops, views) is recomp
 - matmuls (mm, addmm, float8 _scaled_mm), except every `recompute_every_nth_matmul`-th one
   (default 2: the 2nd, 4th, ... matmul of each unit is recomputed), which halves their memory
   at the cost of recomputing half of the (cheaper, input-saved) projections;
-- reduce_scatter from sequence parallel (a recompute would communicate again);
+- reduce_scatter from sequence parallel and expert parallel's all-to-alls (a recompute would
+  communicate again);
 - aten.max, whose result is float8's amax: recomputing it could change the scale.
 """
 
@@ -52,6 +53,9 @@ DEFAULT_SAVE_OPS = MATMUL_OPS | _ops(
     "aten._scaled_dot_product_cudnn_attention.default",
     "aten._scaled_dot_product_flash_attention_for_cpu.default",
     "_c10d_functional.reduce_scatter_tensor.default",
+    # expert-parallel dispatch (counts, then tokens with autograd): not sent again in recompute
+    "_c10d_functional.all_to_all_single.default",
+    "_c10d_functional_autograd.all_to_all_single.default",
     "aten.max.default",
 ) | frozenset(
     op for op in [getattr(torch._higher_order_ops, "flex_attention", None)] if op is not None and callable(op)

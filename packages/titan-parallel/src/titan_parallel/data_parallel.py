@@ -33,9 +33,11 @@ def as_dtype(arg: str, value: torch.dtype | str | None) -> torch.dtype | None:
     return DTYPES[value]
 
 
-def check_dp_mesh(mesh: DeviceMesh, model: nn.Module, *, arg: str = "mesh", max_ndim: int = 2) -> None:
+def check_dp_mesh(mesh: DeviceMesh, model: nn.Module, *, arg: str = "mesh", max_ndim: int = 2,
+                  exclude: frozenset[int] = frozenset()) -> None:
     """The mesh is 1-D (or 2-D for HSDP) and disjoint from the mesh of any DTensor parameter
-    (the TP mesh): both must be views of one root mesh, so that each rank holds one shard."""
+    (the TP mesh): both must be views of one root mesh, so that each rank holds one shard.
+    exclude: ids of parameters sharded on a mesh of their own (expert-parallel weights)."""
     if not isinstance(mesh, DeviceMesh):
         raise ParallelConfigError(f"{arg} must be a torch DeviceMesh, got {type(mesh).__name__}")
     if not 1 <= mesh.ndim <= max_ndim:
@@ -45,7 +47,7 @@ def check_dp_mesh(mesh: DeviceMesh, model: nn.Module, *, arg: str = "mesh", max_
             "pass the data-parallel view, e.g. ParallelDims.get_mesh('dp_shard_cp')"
         )
     for name, param in model.named_parameters():
-        if not isinstance(param, DTensor):
+        if not isinstance(param, DTensor) or id(param) in exclude:
             continue
         other = param.device_mesh
         if other.device_type != mesh.device_type:
@@ -88,9 +90,15 @@ def apply_fsdp(
     reduce_dtype: torch.dtype | str | None = None,
     reshard_after_forward: ReshardAfterForward = "default",
     cpu_offload: bool = False,
+    experts: str | None = None,
+    expert_mesh: DeviceMesh | None = None,
+    expert_grad_divide: float | None = None,
 ) -> nn.Module:
     """Shard `model` with FSDP2: each unit (default: each repeated block; `[]`: none) its own
     all-gather group, then the root for whatever is left (embeddings, final norm, output).
+    experts + expert_mesh: the experts modules first get their own units on the expert mesh
+    (see expert_parallel.apply_expert_fsdp; expert_grad_divide defaults to this mesh's size, the
+    data-parallel degree their gradients are averaged over like every other parameter's).
 
     mesh: 1-D -> FSDP over its ranks; 2-D (replicate, shard) -> HSDP: sharded along dim 1,
     replicated along dim 0. param_dtype/reduce_dtype: mixed precision (e.g. "bfloat16" compute,
@@ -103,7 +111,14 @@ def apply_fsdp(
 
     Apply after TP, activation checkpointing and compile. Returns the model (modified in place).
     """
-    check_dp_mesh(mesh, model)
+    expert_ids: frozenset[int] = frozenset()
+    if experts is not None:
+        from titan_parallel.expert_parallel import check_experts, expert_weights
+
+        if expert_mesh is None:
+            raise ParallelConfigError("experts given without expert_mesh: pass the expert FSDP mesh (efsdp)")
+        expert_ids = frozenset(id(p) for _, m in check_experts(model, experts, 1) for _, p in expert_weights(m))
+    check_dp_mesh(mesh, model, exclude=expert_ids)
     if cpu_offload and mesh.device_type == "cpu":
         raise ParallelConfigError(
             "cpu_offload=True moves GPU parameters to the CPU, but this mesh is already on the CPU; "
@@ -114,6 +129,13 @@ def apply_fsdp(
     offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
     blocks = [(n, m) for n, m in resolve_units(model, units) if m is not model]
     values = _reshard_values(reshard_after_forward, len(blocks))
+    if experts is not None:
+        from titan_parallel.expert_parallel import apply_expert_fsdp
+
+        apply_expert_fsdp(model, expert_mesh, experts=experts,
+                          grad_divide=mesh.size() if expert_grad_divide is None else expert_grad_divide,
+                          reshard_after_forward=values[0] if values else True, mp_policy=mp,
+                          offload_policy=offload)
     for (_, block), value in zip(blocks, values):
         fully_shard(block, mesh=mesh, reshard_after_forward=value, mp_policy=mp, offload_policy=offload)
     # The root's parameters (embeddings, output) are needed first in backward: keep them by default.

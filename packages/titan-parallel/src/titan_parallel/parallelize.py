@@ -1,10 +1,11 @@
 """All appliers in the one order that composes, after checking every request up front.
 
-Order: float8 conversion -> tensor parallel -> Ulysses context parallel -> activation checkpointing
--> compile -> FSDP/DDP.
-Float8 swaps Linear modules, so TP must shard the swapped ones; TP hooks must sit inside the
-checkpointed region so recompute replays them; compile wraps the checkpointed block whole; FSDP
-goes last so its hooks wrap everything and run outside the compiled graphs.
+Order: float8 conversion -> tensor parallel -> expert parallel -> Ulysses context parallel ->
+activation checkpointing -> compile -> FSDP/DDP.
+Float8 swaps Linear modules, so TP must shard the swapped ones; TP and EP hooks must sit inside the
+checkpointed region so recompute replays them; compile wraps the checkpointed block whole (leaving
+experts eager: their routing sizes are data); FSDP goes last so its hooks wrap everything and run
+outside the compiled graphs, the experts first on their own mesh.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from titan_parallel.data_parallel import (
     check_dp_mesh,
 )
 from titan_parallel.errors import ParallelConfigError, one_of
+from titan_parallel.expert_parallel import apply_ep, apply_expert_fsdp, check_experts, has_experts
 from titan_parallel.float8 import apply_float8, check_float8
 from titan_parallel.modules import Units, match_modules, resolve_units
 from titan_parallel.tensor_parallel import apply_tp, check_tp_sizes, resolve_plan
@@ -83,6 +85,10 @@ def parallelize(
     float8_collectives: bool | None = None,
     ulysses_mesh: DeviceMesh | None = None,
     attention_modules: str = "layers.*.attention.sdpa",
+    ep_mesh: DeviceMesh | None = None,
+    experts: str = "layers.*.moe.experts",
+    expert_dp_mesh: DeviceMesh | None = None,
+    expert_grad_divide: float | None = None,
     ac: ACOptions | None = None,
     compile: CompileOptions | bool = False,
     dp_mesh: DeviceMesh | None = None,
@@ -96,9 +102,15 @@ def parallelize(
     float8_collectives: float8 all-gathers for tensorwise float8 linears, see apply_tp).
     ulysses_mesh: Ulysses context parallel over this 1-D mesh for the attention cores matching
     `attention_modules` (apply_ulysses; shard the batch with context_parallel_ctx at each step).
-    ac / compile: per unit. dp_mesh: "fsdp" (1-D FSDP or 2-D HSDP, options in `fsdp`) or "ddp"
-    (1-D, no TP). Every request is checked before the model is touched: unknown names,
-    indivisible TP sizes, mismatched meshes, missing torchao all raise ParallelConfigError.
+    ep_mesh: expert parallel over this 1-D mesh for the experts modules matching `experts`
+    (apply_ep). expert_dp_mesh: FSDP of those experts (efsdp, or (dp_replicate, efsdp) with HSDP;
+    ParallelDims.expert_fsdp_mesh()); needed with EP, and with TP (each TP rank runs the experts on
+    its own tokens, so their gradients are summed over TP ranks there). expert_grad_divide: what
+    their gradients are divided by (default: the size of dp_mesh, as for dense parameters).
+    ac / compile: per unit (experts stay eager). dp_mesh: "fsdp" (1-D FSDP or 2-D HSDP, options in
+    `fsdp`) or "ddp" (1-D, no TP, no EP). Every request is checked before the model is touched:
+    unknown names, indivisible TP or EP sizes, mismatched meshes, missing torchao all raise
+    ParallelConfigError.
     Returns the model; then initialize it (init_weights) and build the optimizer.
     """
     compile_opts = CompileOptions() if compile is True else (compile or None)
@@ -125,6 +137,9 @@ def parallelize(
             raise ParallelConfigError(f"async_tp=True needs CUDA GPUs; the TP mesh is on {tp_mesh.device_type!r}")
     if ulysses_mesh is not None:
         match_modules(model, attention_modules, arg="attention_modules")  # the cores exist
+    moe = has_experts(model, experts)
+    _check_experts(model, moe=moe, experts=experts, ep_mesh=ep_mesh, expert_dp_mesh=expert_dp_mesh,
+                   tp_mesh=tp_mesh, dp=dp)
     if ac is not None:
         check_ac(mode=ac.mode, layer_freq=ac.layer_freq, op_policy=ac.op_policy)
     if dp not in ("fsdp", "ddp"):
@@ -152,6 +167,8 @@ def parallelize(
                      precompute_scale=float8.precompute_scale, emulate=float8.emulate)
     if tp_mesh is not None:
         apply_tp(model, tp_mesh, tp_plan, async_tp=async_tp, float8_collectives=float8_collectives)
+    if ep_mesh is not None:
+        apply_ep(model, ep_mesh, experts=experts)
     if ulysses_mesh is not None:
         from titan_parallel.context import apply_ulysses
 
@@ -160,15 +177,43 @@ def parallelize(
         apply_ac(model, mode=ac.mode, layer_freq=ac.layer_freq, op_policy=ac.op_policy, units=units)
     if compile_opts is not None:
         apply_compile(model, units=units, fullgraph=compile_opts.fullgraph,
-                      backend=compile_opts.backend, **compile_opts.kwargs)
+                      backend=compile_opts.backend, eager=experts if moe else None, **compile_opts.kwargs)
+    with_experts = dict(experts=experts, expert_mesh=expert_dp_mesh,
+                        expert_grad_divide=expert_grad_divide) if expert_dp_mesh is not None else {}
     if dp_mesh is not None:
         if dp == "fsdp":
             apply_fsdp(model, dp_mesh, units=units, param_dtype=fsdp.param_dtype,
                        reduce_dtype=fsdp.reduce_dtype, reshard_after_forward=fsdp.reshard_after_forward,
-                       cpu_offload=fsdp.cpu_offload)
+                       cpu_offload=fsdp.cpu_offload, **with_experts)
         else:
             apply_ddp(model, dp_mesh)
+    elif expert_dp_mesh is not None:  # TP / EP without data parallel: only the experts are sharded
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        apply_expert_fsdp(model, expert_dp_mesh, experts=experts,
+                          grad_divide=1 if expert_grad_divide is None else expert_grad_divide,
+                          mp_policy=MixedPrecisionPolicy(param_dtype=as_dtype("param_dtype", fsdp.param_dtype),
+                                                         reduce_dtype=as_dtype("reduce_dtype", fsdp.reduce_dtype)))
     return model
+
+
+def _check_experts(model: nn.Module, *, moe: bool, experts: str, ep_mesh, expert_dp_mesh, tp_mesh, dp: str) -> None:
+    if ep_mesh is None and expert_dp_mesh is None and not (moe and tp_mesh is not None):
+        return
+    if not moe:
+        raise ParallelConfigError(f"ep_mesh / expert_dp_mesh given, but experts={experts!r} matches no module of "
+                                  f"{type(model).__name__}")
+    if ep_mesh is not None:
+        if not isinstance(ep_mesh, DeviceMesh) or ep_mesh.ndim != 1:
+            raise ParallelConfigError(f"ep_mesh must be a 1-D DeviceMesh (ParallelDims.get_mesh('ep')), got {ep_mesh!r}")
+        check_experts(model, experts, ep_mesh.size())
+    if dp == "ddp":
+        raise ParallelConfigError("dp='ddp' does not shard experts: mixture-of-experts models under expert or "
+                                  "tensor parallel need dp='fsdp' (experts on expert_dp_mesh)")
+    if expert_dp_mesh is None:
+        why = "expert parallel" if ep_mesh is not None else "tensor parallel (each TP rank runs the experts on its tokens)"
+        raise ParallelConfigError(f"{why} needs expert_dp_mesh, the mesh FSDP shards the experts over and sums "
+                                  "their gradients on (ParallelDims.expert_fsdp_mesh())")
 
 
 def _check_disjoint(dp_mesh: DeviceMesh, tp_mesh: DeviceMesh) -> None:

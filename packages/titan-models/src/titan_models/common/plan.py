@@ -30,7 +30,6 @@ from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     ParallelStyle,
     PrepareModuleInput,
-    PrepareModuleInputOutput,
     RowwiseParallel,
     SequenceParallel,
 )
@@ -71,9 +70,8 @@ def decoder_tp_plan(model: nn.Module, *, sequence_parallel: bool = True,
         if not sequence_parallel:
             raise ValueError("mixture-of-experts blocks need sequence_parallel=True (each rank routes its tokens)")
         plan.update({
-            "layers.*.moe": PrepareModuleInputOutput(
-                input_layouts=(Shard(1),), desired_input_layouts=(Shard(1),), use_local_input=True,
-                output_layouts=(Shard(1),), desired_output_layouts=(Shard(1),), use_local_output=False),
+            "layers.*.moe": PrepareModuleInput(  # a local sequence shard in, one out (the residual is local)
+                input_layouts=(Shard(1),), desired_input_layouts=(Shard(1),), use_local_output=True),
             "layers.*.moe.router.gate": SequenceParallel(sequence_dim=0, use_local_output=True),
         })
         if any(getattr(b, "moe", None) is not None and b.moe.shared_experts is not None for b in blocks):
