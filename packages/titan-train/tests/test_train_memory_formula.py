@@ -10,6 +10,7 @@ import dataclasses
 import pytest
 import titan_models
 import torch
+from titan_models.common.moe import MoEShape
 from titan_parallel import apply_ac
 from titan_train.memory.activations import ActShape, eager_terms, head_bytes, layer_bytes
 from titan_train.memory.measure import LiveBytes, layer_activation_bytes
@@ -22,7 +23,10 @@ ARGS = SPEC.args_for("debugmodel", dim=128, n_layers=1, n_heads=8, n_kv_heads=2,
 QWEN = titan_models.get_model_spec("qwen3")
 QWEN_ARGS = QWEN.args_for("debugmodel", dim=128, n_layers=1, n_heads=8, n_kv_heads=2, head_dim=32, vocab_size=256,
                           hidden_dim=384, max_seq_len=64, tie_embeddings=False)
-FAMILIES = {"llama3": (SPEC, ARGS), "qwen3": (QWEN, QWEN_ARGS)}
+# And as a mixture of experts: 8 experts of width 96, top 2, one shared expert (covers its terms).
+MOE_ARGS = QWEN.override(QWEN_ARGS, {"moe": MoEShape(n_experts=8, top_k=2, hidden_dim=96, n_shared_experts=1)},
+                         where="test")
+FAMILIES = {"llama3": (SPEC, ARGS), "qwen3": (QWEN, QWEN_ARGS), "qwen3_moe": (QWEN, MOE_ARGS)}
 BATCH, SEQ = 2, 64
 
 

@@ -8,6 +8,9 @@ model package):
     adapter.hf_config(dtype_name) -> dict          # config.json contents ("bfloat16", ...)
     adapter.fqn_to_index_mapping (optional)        # HF name -> 1-based file index when exporting
 
+Mixture of experts: an adapter with `expert_weights` (stacked [E, ...] suffixes) gets one entry per
+expert this rank holds (titan_ckpt.experts), so experts are read and written from local shards.
+
 Loading goes through DCP's HuggingFaceStorageReader, so each rank reads only the slices of its
 own DTensor shards; export goes through HuggingFaceStorageWriter, each rank writing its shards and
 rank 0 consolidating them into full tensors. Safetensors holds raw tensors only: no code runs.
@@ -31,6 +34,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from .dcp_io import dist_on, explain
 from .errors import CheckpointError, closest, short_list
+from .experts import merge_experts, split_experts
 from .layout import inside, remove_dir
 from .states import as_parts, load_model_parts, model_state_dict
 from .weights import cast_floats
@@ -138,7 +142,9 @@ def load_hf_weights(path: str | os.PathLike, model_parts: nn.Module | Sequence[n
     parts = as_parts(model_parts)
     files = hf_files(path)
     headers = read_hf_headers(files)
-    template = adapter.to_hf(model_state_dict(parts))
+    experts = tuple(getattr(adapter, "expert_weights", ()) or ())
+    model_sd = model_state_dict(parts)
+    template = adapter.to_hf(split_experts(model_sd, experts))
     missing = [k for k in template if k not in headers]
     if missing:
         raise CheckpointError(
@@ -157,7 +163,10 @@ def load_hf_weights(path: str | os.PathLike, model_parts: nn.Module | Sequence[n
     finally:
         for tmp in cleanup:
             shutil.rmtree(tmp, ignore_errors=True)
-    load_model_parts(parts, adapter.from_hf(template))
+    if experts:
+        load_model_parts(parts, merge_experts(adapter.from_hf(template, stacked=False), model_sd, experts))
+    else:
+        load_model_parts(parts, adapter.from_hf(template))
 
 
 def plan_shards(sizes: dict[str, int], max_shard_bytes: int) -> dict[str, int]:
@@ -228,7 +237,8 @@ def export_hf(folder: str | os.PathLike, model_parts: nn.Module | Sequence[nn.Mo
               overwrite: bool = False) -> Path:
     """Export the model (any layout; every rank calls it) as HF safetensors + config.json."""
     check_adapter(adapter)
-    hf = cast_floats(adapter.to_hf(model_state_dict(as_parts(model_parts))), dtype)
+    experts = tuple(getattr(adapter, "expert_weights", ()) or ())
+    hf = cast_floats(adapter.to_hf(split_experts(model_state_dict(as_parts(model_parts)), experts)), dtype)
     config = adapter.hf_config(str(dtype).removeprefix("torch."))
     if hasattr(config, "to_dict"):
         config = config.to_dict()

@@ -71,6 +71,10 @@ class RunOptions:
     sdpa_kernels: tuple[str, ...] | None = None
     eos_id: int | None = None                 # document separator for block_causal
     repeat_kv: bool | None = None             # k, v repeated to all heads (torch's ring attention)
+    # Mixture of experts (ignored by dense models): the aux-loss-free bias step (0: off) and the
+    # sequence-wise balance loss weight (0: off).
+    moe_load_balance_coeff: float | None = None
+    moe_aux_loss: float | None = None
 
 
 def replace_fields(args: Any, options: RunOptions, *, where: str) -> Any:
@@ -78,6 +82,12 @@ def replace_fields(args: Any, options: RunOptions, *, where: str) -> Any:
     the options that are set); an option the args lack is a ModelConfigError."""
     changes = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)
                if getattr(options, f.name) is not None}
+    coeff, aux = changes.pop("moe_load_balance_coeff", None), changes.pop("moe_aux_loss", None)
+    moe = getattr(args, "moe", None)
+    if moe is not None and (coeff is not None or aux is not None):
+        moe = dataclasses.replace(moe, **({} if coeff is None else {"load_balance_coeff": coeff or None}),
+                                  **({} if aux is None else {"aux_loss": aux}))
+        changes["moe"] = moe
     names = {f.name for f in dataclasses.fields(args)}
     for key in changes:
         if key not in names:

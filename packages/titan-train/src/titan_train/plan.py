@@ -26,7 +26,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # How the config spells each degree: library errors name these keys, not titan-mesh's fields.
 DEGREE_KEYS = {"dp_replicate": "parallelism.data_parallel_replicate_degree",
                "dp_shard": "parallelism.data_parallel_shard_degree", "cp": "parallelism.context_parallel_degree",
-               "tp": "parallelism.tensor_parallel_degree", "pp": "parallelism.pipeline_parallel_degree"}
+               "tp": "parallelism.tensor_parallel_degree", "pp": "parallelism.pipeline_parallel_degree",
+               "ep": "parallelism.expert_parallel_degree"}
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,13 @@ class RunPlan:
 
     @property
     def flops_per_token(self) -> float:
+        """Training FLOPs per token (a mixture of experts: its active parameters)."""
         return self.spec.flops_per_token(self.args, self.batch.seq_len)
+
+    @property
+    def moe(self) -> bool:
+        """Whether the model has mixture-of-experts blocks."""
+        return self.spec.shape(self.args).moe_layers > 0
 
 
 def dims_from_config(cfg: JobConfig, world_size: int) -> ParallelDims:
@@ -117,7 +124,7 @@ def dims_from_config(cfg: JobConfig, world_size: int) -> ParallelDims:
     try:
         return ParallelDims(dp_replicate=p.data_parallel_replicate_degree, dp_shard=p.data_parallel_shard_degree,
                             cp=p.context_parallel_degree, tp=p.tensor_parallel_degree, pp=p.pipeline_parallel_degree,
-                            world_size=world_size, names=DEGREE_KEYS)
+                            ep=p.expert_parallel_degree, world_size=world_size, names=DEGREE_KEYS)
     except ParallelDimsError as e:
         raise ConfigError(f"{e} (world size: {world_size} processes)") from None
 
@@ -177,10 +184,33 @@ def model_args(cfg: JobConfig, spec, vocab_size: int, dims: ParallelDims, eos_id
         tie_embeddings=m.tie_embeddings, attn_backend=m.attn_backend, attn_mask=m.attn_mask,
         sdpa_kernels=tuple(m.sdpa_kernels), eos_id=eos_id if m.attn_mask == "block_causal" else None,
         # context parallel keeps the path it was checked on: k/v repeated to all heads
-        repeat_kv=dims.cp > 1)
+        repeat_kv=dims.cp > 1,
+        moe_load_balance_coeff=cfg.moe.load_balance_coeff, moe_aux_loss=cfg.moe.aux_loss_weight)
     args = spec.with_options(spec.args_for(m.flavor), options)
     spec.validate(args, tp=dims.tp, cp=dims.cp, pp=dims.pp, names={**DEGREE_KEYS, "max_seq_len": "training.seq_len"})
+    _check_moe(cfg, spec.shape(args), dims)
     return args
+
+
+def _check_moe(cfg: JobConfig, shape, dims: ParallelDims) -> None:
+    """Expert options against the model and the layout, naming the keys."""
+    m, ep = cfg.moe, dims.ep
+    if m.load_balance_coeff < 0 or m.aux_loss_weight < 0:
+        raise ConfigError(f"moe.load_balance_coeff = {m.load_balance_coeff} and moe.aux_loss_weight = "
+                          f"{m.aux_loss_weight} must be >= 0 (0: off)")
+    if shape.moe_layers == 0:
+        if ep > 1:
+            raise ConfigError(f"{DEGREE_KEYS['ep']} = {ep}, but {cfg.model.name} {cfg.model.flavor} has no experts "
+                              "(a dense model): set it to 1, or pick a mixture-of-experts flavor")
+        return
+    if shape.n_experts % ep:
+        allowed = ", ".join(str(d) for d in range(1, shape.n_experts + 1) if shape.n_experts % d == 0)
+        raise ConfigError(f"{DEGREE_KEYS['ep']} = {ep} does not divide the {shape.n_experts} experts of "
+                          f"{cfg.model.name} {cfg.model.flavor}; allowed: {allowed}")
+    if m.aux_loss_weight > 0 and (dims.tp > 1 or dims.cp > 1):
+        raise ConfigError(f"moe.aux_loss_weight = {m.aux_loss_weight} with {DEGREE_KEYS['tp']} = {dims.tp} and "
+                          f"{DEGREE_KEYS['cp']} = {dims.cp}: the sequence-wise loss would see only each rank's "
+                          "shard of a sequence; use moe.load_balance_coeff (aux-loss-free) there")
 
 
 def _ac(cfg: JobConfig) -> ACOptions | None:

@@ -3,8 +3,8 @@ layer that dispatches tokens to experts and combines their outputs (no torch.dis
 expert parallel wraps `GroupedExperts.forward` from titan-parallel, see apply_ep).
 
     x [T, D] -> router -> (scores [T, k], experts [T, k], counts [E])
-      -> tokens sorted by expert (stable) -> experts(x_sorted, counts) -> weighted by scores
-      -> added back at their token positions (+ shared experts on every token)
+      -> tokens sorted by expert (stable) -> experts(x_sorted, counts) -> back in token order
+      -> each token's k outputs summed with its scores (+ shared experts on every token)
 
 Experts compute in the weights' dtype (float32 weights give float32 math, so one process and every
 parallel layout agree to float32 precision); torch.compile needs bf16 weights for grouped GEMMs.
@@ -189,13 +189,19 @@ class MoE(nn.Module):
                 self.tokens_per_expert += counts.to(self.tokens_per_expert.dtype)
         order = torch.argsort(flat, stable=True)
         tokens = order // k
-        weights = scores.flatten()[order].unsqueeze(-1)  # float32
         routed = x[tokens]
         if self.s.score_before_experts:
-            routed = (routed.float() * weights).to(x.dtype)
+            routed = (routed.float() * scores.flatten()[order].unsqueeze(-1)).to(x.dtype)
         out = self.experts(routed, counts)
-        out = out.float() if self.s.score_before_experts else out.float() * weights
-        combined = torch.zeros(x.shape, dtype=torch.float32, device=x.device).index_add_(0, tokens, out).to(x.dtype)
+        # Back to token order ([T, k, D]), then each token's k outputs summed with its scores by one
+        # batched matmul (float32 accumulation; autograd keeps only the k outputs and the scores).
+        inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
+        per_token = out[inverse].view(-1, k, out.shape[-1])
+        if self.s.score_before_experts:
+            combined = per_token.sum(1)
+        else:
+            combined = torch.bmm(scores.to(out.dtype).unsqueeze(1), per_token).squeeze(1)
+        combined = combined.to(x.dtype)
         if self.shared_experts is not None:
             combined = combined + self.shared_experts(x)
         if self.training and self.s.aux_loss > 0:

@@ -145,6 +145,34 @@ class PipelineSchedule:
         return torch.stack([loss.detach() for loss in losses]).sum()
 
 
+# torch's names for the extra forward a stage runs on its first step to learn its tensors' shapes
+# (2.13: _forward_metadata_inference; earlier: _shape_inference).
+_INFERENCE_METHODS = ("_forward_metadata_inference", "_shape_inference")
+
+
+def _keep_buffers_through_inference(stage: Any) -> None:
+    """That shape-inference forward runs the stage's module on real or uninitialized tensors: it
+    must not change the module's state (running statistics, a mixture of experts' token counts,
+    which would then differ from one process). Buffers are copied before and restored after."""
+    for name in _INFERENCE_METHODS:
+        method = getattr(stage, name, None)
+        if method is None:
+            continue
+
+        def guarded(*args, _method=method, **kwargs):
+            saved = [(b, b.detach().clone()) for b in stage.submod.buffers()]
+            try:
+                return _method(*args, **kwargs)
+            finally:
+                with torch.no_grad():
+                    for buf, value in saved:  # only what changed: a copy bumps autograd versions
+                        if not torch.equal(buf, value):
+                            buf.copy_(value)
+
+        setattr(stage, name, guarded)
+        return
+
+
 def _default_device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
@@ -178,6 +206,8 @@ def build_pipeline_schedule(parts: PipelineParts, pp_mesh: DeviceMesh, *,
     group = pp_mesh.get_group()
     stages = [PipelineStage(module, stage_index=i, num_stages=parts.num_stages, device=device, group=group)
               for i, module in parts]
+    for stage in stages:
+        _keep_buffers_through_inference(stage)
 
     def scaled_loss(output: Any, target: torch.Tensor) -> torch.Tensor:
         return loss_fn(output, target) / n_mb

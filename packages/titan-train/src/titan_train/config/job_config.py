@@ -13,6 +13,7 @@ from titan_train.config.schema_system import (
     Compile,
     MemoryEstimation,
     Metrics,
+    MoE,
     Parallelism,
     Profiling,
     Quantize,
@@ -27,6 +28,7 @@ class JobConfig:
     lr_scheduler: LRScheduler = sub(LRScheduler, "learning-rate schedule")
     training: Training = sub(Training, "data, batch, steps, precision")
     parallelism: Parallelism = sub(Parallelism, "parallel degrees and pipeline schedule")
+    moe: MoE = sub(MoE, "mixture of experts: load balancing")
     activation_checkpoint: ActivationCheckpoint = sub(ActivationCheckpoint, "activation checkpointing")
     compile: Compile = sub(Compile, "torch.compile")
     quantize: Quantize = sub(Quantize, "quantized training")

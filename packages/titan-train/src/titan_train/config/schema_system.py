@@ -32,6 +32,16 @@ class Parallelism:
                                        "heads; heads / tp must divide by cp)", choices=("ring", "ulysses"))
     context_parallel_rotate_method: str = opt("allgather", "how ring attention passes KV shards",
                                               choices=("allgather", "alltoall"))
+    expert_parallel_degree: int = opt(1, "expert parallel ranks for mixture-of-experts models: each holds "
+                                         "1/ep of the experts; borrowed from dp_shard x cp x tp (tp first)")
+
+
+@dataclass
+class MoE:
+    load_balance_coeff: float = opt(1e-3, "aux-loss-free balancing: each optimizer step moves every expert's "
+                                          "routing bias by this toward even load (0: off)")
+    aux_loss_weight: float = opt(0.0, "weight of the sequence-wise balance loss added to the gradient (0: off; "
+                                      "not with tensor or context parallel)")
 
 
 @dataclass

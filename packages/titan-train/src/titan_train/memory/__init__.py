@@ -31,7 +31,7 @@ from titan_train.memory.sizes import ParamSizes, param_sizes
 def describe(layout: Layout) -> str:
     degrees = [f"{n} {v}" for n, v in (("DDP" if layout.ddp else "HSDP replicas", layout.dp_replicate),
                                          ("FSDP", layout.dp_shard), ("CP", layout.cp), ("TP", layout.tp),
-                                         ("PP", layout.pp)) if v > 1]
+                                         ("PP", layout.pp), ("EP", layout.run.dims.ep)) if v > 1]
     ac = layout.ac_mode if layout.ac_mode != "selective" else f"selective {layout.ac_option}"
     shape = layout.shape
     bits = [f"{layout.model_name} {shape.n_layers} layers dim {shape.dim} vocab {shape.vocab_size}",

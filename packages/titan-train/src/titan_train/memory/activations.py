@@ -59,6 +59,11 @@ class ActShape:
     repeat_kv: bool = False  # k, v repeated to all heads before attention (context parallel)
     qk_norm: bool = False    # per-head RMSNorm of q and k before RoPE (Qwen 3)
     n_kv_heads: int = 0
+    # mixture of experts (top_k > 0): every token's k routed rows through experts moe_hidden wide
+    n_experts: int = 0
+    top_k: int = 0
+    moe_hidden: int = 0
+    n_shared: int = 0
 
     @classmethod
     def from_shape(cls, s, *, repeat_kv: bool = False, vocab: int | None = None, tp: int = 1,
@@ -68,7 +73,8 @@ class ActShape:
         return cls(dim=s.dim, q_dim=s.q_dim, kv_dim=s.kv_dim, hidden=s.ffn_hidden, n_heads=s.n_heads,
                    vocab=vocab or s.vocab_size, tp=tp, loss_parallel=loss_parallel, act_bytes=act_bytes,
                    fused_norm=fused_norm, float8=float8, repeat_kv=repeat_kv, qk_norm=s.qk_norm,
-                   n_kv_heads=s.n_kv_heads)
+                   n_kv_heads=s.n_kv_heads, **({} if not s.moe_layers else dict(
+                       n_experts=s.n_experts, top_k=s.top_k, moe_hidden=s.moe_hidden, n_shared=s.n_shared_experts)))
 
 
 def _norm_terms(s: ActShape, name: str, width: int | None = None, rows: int = 1) -> dict[str, float]:
@@ -103,12 +109,31 @@ def eager_terms(s: ActShape, *, compiled: bool = False) -> dict[str, float]:
     })
     terms.update(_norm_terms(s, "ffn_norm"))
     terms["ffn_norm output (w1/w3 input)"] = p * d
-    if compiled and s.float8:  # measured: the three kept in float8 (1 byte) instead of p
+    if s.top_k:
+        terms.update(moe_terms(s))
+    elif compiled and s.float8:  # measured: the three kept in float8 (1 byte) instead of p
         terms["w1, w3 outputs, product (float8)"] = 3 * (p - 1) * h / t
     elif compiled:  # inductor recomputes silu in backward; the product is w2's saved input
         terms["w1, w3 outputs, product"] = 3 * p * h / t
     else:
         terms["w1, w3 outputs, silu, product"] = 4 * p * h / t
+    return terms
+
+
+def moe_terms(s: ActShape) -> dict[str, float]:
+    """A mixture of experts' per-token bytes without AC (titan_models.common.moe; its experts run
+    eagerly even in compiled models). Each token is routed to k experts, so the expert tensors are
+    k rows per token; TP ranks route their own sequence shard (/t). Measured on CPU, exactly."""
+    t, p, d, k, e = s.tp, s.act_bytes, s.dim, s.top_k, s.n_experts
+    terms = {
+        "router softmax (fp32), top-k indices, chosen scores and their sum": (4 * e + 8 * k + 4 * k + 4) / t,
+        "token order and its inverse (int64)": 16 * k / t,
+        "routed rows (grouped GEMM input)": p * d * k / t,
+        "expert w1, w3 outputs, silu, product": 4 * p * k * s.moe_hidden / t,
+        "expert outputs in token order, scores (combine bmm inputs)": (p * d * k + p * k) / t,
+    }
+    if s.n_shared:
+        terms["shared experts' w1, w3 outputs, silu, product"] = 4 * p * s.n_shared * s.moe_hidden / t
     return terms
 
 
@@ -121,9 +146,17 @@ def selective_op_terms(s: ActShape, *, compiled: bool = False) -> dict[str, floa
         "wq output": p * q / t,
         "wv output": p * s.kv_dim / t,
         "attention output + logsumexp": p * q / t + 4 * s.n_heads / t,
-        "w1 output": p * s.hidden / t,
-        "w2 output (before reduce-scatter)": p * d,
     }
+    if s.top_k:
+        # the 5th matmul is the router gate (kept); grouped GEMMs are recomputed; of the shared
+        # experts' w1, w3, w2 (6th-8th) the w3 output is kept. Measured on CPU.
+        terms["router gate output"] = p * s.n_experts / t
+        if s.n_shared:
+            terms["shared experts' w3 output"] = p * s.n_shared * s.moe_hidden / t
+        if t > 1:
+            terms["reduce-scatter output (wo)"] = p * d / t
+        return terms
+    terms.update({"w1 output": p * s.hidden / t, "w2 output (before reduce-scatter)": p * d})
     if t > 1:
         terms["reduce-scatter outputs (wo, w2)"] = 2 * p * d / t
     if compiled:
@@ -158,6 +191,8 @@ def backward_transient(s: ActShape, mode: str, option: str = "op", *, compiled: 
       layer even when compiled (eager layer - what the policy kept), and an eager working set.
     """
     p, h, d, t = s.act_bytes, s.hidden, s.dim, s.tp
+    if s.top_k:  # the widths a token's FFN gradient works on (k routed rows, shared experts); not fitted
+        h = (s.top_k + s.n_shared) * s.moe_hidden
     eager_work = 1.5 * p * h / t + 0.5 * p * d
     if mode == "none":
         if compiled:  # float8: the kept float8 tensors are widened again (measured, 1B on H100)

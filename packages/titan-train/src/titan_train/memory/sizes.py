@@ -72,12 +72,17 @@ def _float8_names(model: nn.Module, layout: Layout) -> set[str]:
 
 
 def _tp_factor(p: torch.Tensor) -> int:
-    """How many TP ranks share this parameter (its shards along the mesh dim named tp)."""
+    """How many ranks share this parameter outside FSDP (its shards along the mesh dims named tp,
+    and ep for expert weights): what an FSDP all-gather leaves split."""
     mesh = getattr(p, "device_mesh", None)
-    if mesh is None or "tp" not in (mesh.mesh_dim_names or ()):
-        return 1
-    placement = p.placements[mesh.mesh_dim_names.index("tp")]
-    return mesh["tp"].size() if placement.is_shard() or "Shard" in type(placement).__name__ else 1
+    names = mesh.mesh_dim_names or () if mesh is not None else ()
+    factor = 1
+    for dim in ("tp", "ep"):
+        if dim in names:
+            placement = p.placements[names.index(dim)]
+            if placement.is_shard() or "Shard" in type(placement).__name__:
+                factor *= mesh[dim].size()
+    return factor
 
 
 GROUPS = ("embedding", "block", "norm", "output")
@@ -113,9 +118,9 @@ def measure(cfg: JobConfig, layout: Layout) -> ParamSizes:
     quiet = dataclasses.replace(run, parallel=dataclasses.replace(run.parallel, ac=None, compile=None, async_tp=False))
     d = run.dims
     with fake_world(layout.world_size):
-        dims = ParallelDims(dp_replicate=d.dp_replicate, dp_shard=d.dp_shard, cp=d.cp, tp=d.tp, pp=d.pp,
+        dims = ParallelDims(dp_replicate=d.dp_replicate, dp_shard=d.dp_shard, cp=d.cp, tp=d.tp, pp=d.pp, ep=d.ep,
                             world_size=layout.world_size)
-        dims.build_mesh("cpu")
+        dims.build_mesh("cpu", experts=run.moe)
         with torch.device("meta"):
             model = spec.build(small)
         f8 = _float8_names(model, layout)

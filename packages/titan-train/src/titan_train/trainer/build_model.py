@@ -37,12 +37,18 @@ def parallelize_part(part: nn.Module, plan: RunPlan, dims: ParallelDims) -> nn.M
         dp_mesh = dims.fsdp_mesh() if dims.world_size > 1 else dims.get_mesh("world")
     elif par.dp == "ddp":
         dp_mesh = dims.get_mesh("dp_replicate")
+    experts = {}
+    # experts: their own FSDP units (and EP), grads averaged like the rest; under plain DDP
+    # (replicas only) they are ordinary parameters
+    if plan.moe and dims.has_mesh and not (par.dp == "ddp" and dims.ep == 1 and not par.tp):
+        experts = dict(experts=spec.experts, expert_dp_mesh=dims.expert_fsdp_mesh(),
+                       ep_mesh=dims.get_mesh("ep") if dims.ep > 1 else None)
     tp_lib.parallelize(
         part, units=spec.blocks,
         tp_mesh=tp_mesh, tp_plan=tp_plan_for(spec, part, loss_parallel=par.loss_parallel) if tp_mesh else None,
         async_tp=par.async_tp, ulysses_mesh=dims.get_mesh("cp") if par.ulysses else None,
         attention_modules=spec.attention_cores, ac=par.ac, compile=par.compile or False,
-        dp_mesh=dp_mesh, dp=par.dp or "fsdp", fsdp=par.fsdp if par.dp == "fsdp" else None)
+        dp_mesh=dp_mesh, dp=par.dp or "fsdp", fsdp=par.fsdp if par.dp == "fsdp" else None, **experts)
     return part
 
 

@@ -18,6 +18,7 @@ from titan_train.trainer import checkpointing, pipeline
 from titan_train.trainer.build_model import apply_converters, parallelize_part
 from titan_train.trainer.hardware import device_peak
 from titan_train.trainer.metrics import MetricsLogger, MetricsSettings
+from titan_train.trainer.moe import LoadBalance
 from titan_train.trainer.optim import (
     OptimizerSettings,
     ScheduleSettings,
@@ -139,10 +140,16 @@ def build_run(cfg: JobConfig, resume: checkpointing.Resume | None = None) -> Run
     after_step = None
     if plan.float8 is not None and plan.float8.precompute_scale:
         after_step = lambda: [tp_lib.precompute_float8_scales(p) for p in parts]  # noqa: E731
+    balance = None
+    if plan.moe:
+        balance = LoadBalance(parts, plan.spec.moe_modules, coeff=cfg.moe.load_balance_coeff,
+                              routing_mesh=mesh_of(dims, "routing"), pp_mesh=pp_mesh,
+                              loss_scale=1.0 / plan.batch.accum_steps)
     runner = StepRunner(parts=parts, optimizers=optimizers, schedulers=schedulers, device=device,
                         accum_steps=plan.batch.accum_steps, max_norm=cfg.training.max_norm, loss_fn=loss_fn,
                         clip_fn=lambda params, max_norm: tp_lib.clip_grad_norm_(params, max_norm, pp_mesh=pp_mesh),
-                        train_context=train_context, pipeline=pipe, after_optimizer_step=after_step)
+                        train_context=train_context, pipeline=pipe, after_optimizer_step=after_step,
+                        after_backward=balance)
     m = cfg.metrics
     writer = layout.info.rank == 0 or m.save_for_all_ranks
     metrics = MetricsLogger(MetricsSettings(cfg.job.dump_folder, m.enable_tensorboard, m.save_tb_folder,
@@ -157,7 +164,7 @@ def build_run(cfg: JobConfig, resume: checkpointing.Resume | None = None) -> Run
               optimizers=optimizers, schedulers=schedulers, loader=loader, step_runner=runner, metrics=metrics,
               state=TrainState(), loss_mesh=loss_mesh, pp_mesh=pp_mesh, peak=device_peak(device),
               validator=validator, profiler=make_profiler(cfg, layout.info.rank, device), schedule=schedule,
-              dims=dims)
+              dims=dims, moe=balance)
     if layout.info.world_size > 1:  # the init timeout covers set-up and the first step
         run.after_first_step = lambda: set_collective_timeout(cfg.comm.train_timeout_seconds,
                                                               dims.process_groups())
@@ -173,7 +180,10 @@ def build_run(cfg: JobConfig, resume: checkpointing.Resume | None = None) -> Run
 def _banner(run: Run, layout) -> str:
     cfg, plan = run.cfg, run.plan
     n = plan.spec.num_params(plan.args)
-    deg = ", ".join(f"{k}={v}" for k, v in layout.dims.enabled_dims()) or "single process"
+    active = plan.spec.num_params(plan.args, active=True)
+    params = f"{n / 1e6:,.1f}M params" + (f" ({active / 1e6:,.1f}M active)" if active != n else "")
+    dims = [*layout.dims.enabled_dims(), *([("ep", layout.dims.ep)] if layout.dims.ep > 1 else [])]
+    deg = ", ".join(f"{k}={v}" for k, v in dims) or "single process"
     note = f" ({run.peak.note})" if run.peak.note else ""
     if plan.precision.mode == "unsupported":
         note += (" (training in float32: bf16 with tensor or pipeline parallelism goes through FSDP; "
@@ -181,6 +191,6 @@ def _banner(run: Run, layout) -> str:
     b = plan.batch
     return (f"{cfg.job.description}\n"
             f"Titan: {cfg.model.name} {cfg.model.flavor} on {layout.info.world_size} x {run.device.type}"
-            f" [{deg}]{note}; {n / 1e6:,.1f}M params; global batch {b.global_batch} x {b.seq_len} "
+            f" [{deg}]{note}; {params}; global batch {b.global_batch} x {b.seq_len} "
             f"tokens ({b.accum_steps} micro-batch(es)/step); {cfg.training.steps} steps; dump folder "
             f"{cfg.job.dump_folder}")

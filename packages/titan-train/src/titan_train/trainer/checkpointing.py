@@ -197,7 +197,7 @@ def attach(run: Run, layout, spec, args, resume: Resume) -> None:
         run.ckpt = titan_ckpt.CheckpointManager(ckpt_folder(cfg), interval=c.interval,
                                                 keep_latest_k=c.keep_latest_k, async_mode=c.async_mode)
         run.states = _states(run, layout.dp_rank)
-        warning = space_warning(cfg, args.num_params())
+        warning = space_warning(cfg, spec.num_params(args))
         if warning:
             run.metrics.log_text(warning)
         # async_with_pinned_mem copies parameters on a side stream: finish before they change

@@ -95,6 +95,8 @@ class MetricsLogger:
             parts.append(f"tflops {r['tflops']:.1f}")
         if "mfu" in r:
             parts.append(f"{c['mfu']}mfu {r['mfu']:.1f}%{c['end']}")
+        if "moe_max_share" in r:  # the busiest expert's share of its layer's tokens (even: top_k / experts)
+            parts.append(f"moe max {100 * r['moe_max_share']:.0f}%")
         if "data_loading_pct" in r:
             parts.append(f"data {r['data_loading_pct']:.0f}%")
         parts.append(f"eta {_fmt_eta((steps_total - r['step']) * step_time_s)}")

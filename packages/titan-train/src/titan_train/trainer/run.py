@@ -40,6 +40,7 @@ class Run:
     export: Callable[[int], None] | None = None  # the final weights (export/, hf/), after the last step
     schedule: Any = None                 # the LR schedule's ScheduleSettings
     dims: Any = None                     # titan_mesh.ParallelDims: close() destroys its groups
+    moe: Any = None                      # trainer.moe.LoadBalance of a mixture of experts, or None
     validator: Callable[[], float] | None = None
     profiler: Callable[[], Any] = contextlib.nullcontext
     after_first_step: Callable[[], None] | None = None   # e.g. lower the collective timeout
@@ -62,6 +63,8 @@ class Run:
         peak = self.peak.fp8 if fp8 and self.peak.fp8 else self.peak.bf16
         if peak:
             record["mfu"] = 100.0 * tflops * 1e12 / peak
+        if self.moe is not None:
+            record.update(self.moe.metrics())
         return record
 
     def global_loss(self, local: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,7 @@ def setup_distributed(cfg: JobConfig, plan: RunPlan) -> Layout:
     info = init_distributed(device_type=plan.device_type, timeout_s=cfg.comm.init_timeout_seconds,
                             single_process_group=single_pg)
     if dims.world_size > 1 or single_pg:
-        dims.build_mesh(plan.device_type)
+        dims.build_mesh(plan.device_type, experts=plan.moe)
     dp_mesh = mesh_of(dims, "dp")
     dp_rank = dp_mesh.get_local_rank() if dp_mesh is not None else 0
     return Layout(info, dims, dp_rank, plan.batch.dp)

@@ -32,7 +32,8 @@ class StepRunner:
     def __init__(self, *, parts: list[nn.Module], optimizers: list, schedulers: list, device: torch.device,
                  accum_steps: int, max_norm: float, loss_fn: Callable, clip_fn: Callable,
                  train_context: Callable[[list[torch.Tensor]], contextlib.AbstractContextManager],
-                 pipeline=None, after_optimizer_step: Callable[[], None] | None = None) -> None:
+                 pipeline=None, after_optimizer_step: Callable[[], None] | None = None,
+                 after_backward: Callable[[], None] | None = None) -> None:
         # set by the trainer: e.g. wait for an async checkpoint to finish copying the parameters
         self.before_optimizer_step: Callable[[], None] | None = None
         self.parts, self.optimizers, self.schedulers = parts, optimizers, schedulers
@@ -40,6 +41,7 @@ class StepRunner:
         self.loss_fn, self.clip_fn, self.train_context = loss_fn, clip_fn, train_context
         self.pipeline = pipeline
         self.after_optimizer_step = after_optimizer_step
+        self.after_backward = after_backward  # e.g. MoE load balancing: once per optimizer step
         self.params = [p for m in parts for p in m.parameters() if p.requires_grad]
 
     def _next_batch(self, it: Iterator) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -70,6 +72,8 @@ class StepRunner:
                     loss.backward()
                 loss = loss.detach()
                 total += loss.full_tensor() if hasattr(loss, "full_tensor") else loss  # loss-parallel DTensor
+        if self.after_backward is not None:
+            self.after_backward()
         max_norm = self.max_norm if self.max_norm > 0 else float("inf")
         grad_norm = self.clip_fn(self.params, max_norm)
         lr = self.optimizers[0].param_groups[0]["lr"]
