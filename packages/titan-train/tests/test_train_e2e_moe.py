@@ -6,7 +6,7 @@ with the losses of the uninterrupted run, and the expert biases it saved."""
 
 import pytest
 from titan_mesh.testing import DistributedPool
-from train_e2e_helpers import train
+from train_e2e_helpers import compare_records, train
 
 MODEL = ["--model.name", "qwen3", "--model.flavor", "debugmodel_moe", "--moe.load_balance_coeff", "1e-2",
          "--training.steps", "4"]
@@ -33,14 +33,9 @@ def reference(tmp_path_factory):
 
 
 def _compare(ref: list[dict], got: list[dict], name: str) -> None:
-    assert [r["step"] for r in got] == [r["step"] for r in ref], name
-    for a, b in zip(ref, got):
-        for key in ("loss", "grad_norm"):
-            gap = abs(a[key] - b[key]) / abs(a[key])
-            assert gap < 1e-3, f"{name} step {a['step']} {key}: {b[key]} vs one process {a[key]}"
-        # the balance statistics come from the same summed counts
+    compare_records(ref, got, name)
+    for a, b in zip(ref, got):  # the balance statistics come from the same summed counts
         assert b["moe_max_share"] == pytest.approx(a["moe_max_share"], abs=1e-6), name
-    assert got[-1]["loss"] < got[0]["loss"], f"{name}: loss did not fall"
 
 
 @pytest.mark.parametrize("world, layouts", [(2, LAYOUTS_2), (4, LAYOUTS_4)], ids=["2ranks", "4ranks"])

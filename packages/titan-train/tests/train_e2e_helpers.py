@@ -40,3 +40,13 @@ def train(out: str, *extra: str) -> list[dict]:
     if dist.is_initialized() and dist.get_rank() != 0:
         return []
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def compare_records(ref: list[dict], got: list[dict], name: str, rel: float = 1e-3) -> None:
+    """Loss and grad norm of every step within `rel` of the reference run, and the loss falling."""
+    assert [r["step"] for r in got] == [r["step"] for r in ref], name
+    for a, b in zip(ref, got):
+        for key in ("loss", "grad_norm"):
+            gap = abs(a[key] - b[key]) / abs(a[key])
+            assert gap < rel, f"{name} step {a['step']} {key}: {b[key]} vs one process {a[key]}"
+    assert got[-1]["loss"] < got[0]["loss"], f"{name}: loss did not fall"
