@@ -24,6 +24,7 @@ from rows import ROWS  # noqa: E402
 
 FAMILIES = [  # first match wins
     ("attention", r"flash|fmha|cudnn|attention|sdpa"),
+    ("grouped gemm (experts)", r"grouped|group_gemm|groupproblem|ragged|ptrarray"),
     ("matmul", r"gemm|cutlass|sm90_xmma|nvjet|wgmma|matmul|splitk"),
     ("optimizer", r"adam|multi_tensor|foreach"),
     ("norm", r"rms|norm"),

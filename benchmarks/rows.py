@@ -26,6 +26,9 @@ NO_COMPILE = ["--compile.enable", "false"]
 QWEN3_1_7B = ["--model.name", "qwen3", "--model.flavor", "1.7B", "--model.tie_embeddings", "true",
               "--model.vocab_size", "151936"]
 
+QWEN3_MOE_4L = ["--model.name", "qwen3", "--model.flavor", "30B-A3B", "--model.n_layers", "4",
+                "--model.vocab_size", "151936"]
+
 
 def _b(n: int) -> list[str]:
     return ["--training.local_batch_size", str(n)]
@@ -49,6 +52,10 @@ ROWS: dict[str, Row] = {
     "qwen3_1.7b_compile_b2": Row([*ONE_B, *QWEN3_1_7B, *_b(2), "--compile.enable"],
                                  reference="36,913 tok/s (52.6% MFU, tied output left out), 69.5 GiB (H200)"),
     "qwen3_1.7b_eager_b2": Row([*ONE_B, *QWEN3_1_7B, *_b(2)], reference="no torchtitan figure"),
+    # Qwen3-30B-A3B cut to 4 layers (128 experts, top 8, vocab 151936): issue 19's MoE row
+    "qwen3_30b_a3b_4l_compile_b2": Row([*ONE_B, *QWEN3_MOE_4L, *_b(2), "--compile.enable"],
+                                       reference="64,866 tok/s (31.8% MFU active), 71.5 GiB (H200)"),
+    "qwen3_30b_a3b_4l_eager_b2": Row([*ONE_B, *QWEN3_MOE_4L, *_b(2)], reference="56,245 tok/s, 95.5 GiB (H200)"),
     "debug": Row(["--config", "llama3_debug", *_b(8)], reference="smoke row"),
     "debug_fsdp2": Row(["--config", "llama3_debug", *_b(4)], 2, reference="smoke row: `debug` on 2 ranks"),
     # ---- 4x H200 (8B reference; compile + selective op AC unless said) ----

@@ -131,9 +131,10 @@ def _moe(seed=0, **kw):
 
 
 def test_moe_layer_equals_dense_reference():
-    """Routed output = sum over chosen experts of score x SwiGLU_e(x), token by token; plus shared."""
+    """Routed output = sum over chosen experts of score x SwiGLU_e(x), token by token; plus shared;
+    the gradients of the input and of every weight too."""
     m = _moe(n_shared_experts=1)
-    x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(4))
+    x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(4), requires_grad=True)
     out = m(x)
     flat = x.reshape(-1, 16)
     scores, experts, _ = m.router(flat)
@@ -145,6 +146,12 @@ def test_moe_layer_equals_dense_reference():
             want[t] += s * (h @ w2[e].t())
     want += m.shared_experts(flat)
     torch.testing.assert_close(out.reshape(-1, 16), want, rtol=1e-5, atol=1e-6)
+    g = torch.randn_like(want)
+    inputs = [x, *m.parameters()]
+    got = torch.autograd.grad((out.reshape(-1, 16) * g).sum(), inputs)
+    ref = torch.autograd.grad((want * g).sum(), inputs)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_counts_only_in_training_and_once_under_activation_checkpointing():

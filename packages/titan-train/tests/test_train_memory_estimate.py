@@ -60,6 +60,22 @@ def test_predicts_held_out_measurements(argv, world, allocated, reserved):
     assert est.peak_reserved == pytest.approx(reserved, rel=0.05)
 
 
+# Mixture of experts, held out too: Qwen3-30B-A3B cut to 4 layers, vocab 151936, batch 2, one H200
+# (benchmarks/results/2026-12-02-h200-moe.md). The estimate over-predicts allocated memory by 8-9%
+# here (61.5 vs 56.6 GiB compiled, 84.7 vs 78.4 eager) while reserved is within 3%: looser bounds,
+# stated as measured, until the expert terms are fitted on a GPU.
+MOE_4L = ["--config", "bench_1b", "--model.name", "qwen3", "--model.flavor", "30B-A3B", "--model.n_layers", "4",
+          "--model.vocab_size", "151936", "--training.local_batch_size", "2"]
+HELD_OUT_MOE_H200 = [(MOE_4L + ["--compile.enable"], 56.6, 67.9), (MOE_4L, 78.4, 90.6)]
+
+
+@pytest.mark.parametrize("argv,allocated,reserved", HELD_OUT_MOE_H200)
+def test_moe_estimate_against_held_out_measurements(argv, allocated, reserved):
+    est = estimate(build_config(argv), 1)
+    assert est.peak_allocated == pytest.approx(allocated, rel=0.10)
+    assert est.peak_reserved == pytest.approx(reserved, rel=0.05)
+
+
 @pytest.mark.parametrize("argv,world,reserved", TORCHTITAN)
 def test_within_ten_percent_of_torchtitan_references(argv, world, reserved):
     assert estimate(build_config(argv), world).peak_reserved == pytest.approx(reserved, rel=0.10)

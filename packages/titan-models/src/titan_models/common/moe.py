@@ -188,15 +188,14 @@ class MoE(nn.Module):
             with torch.no_grad():
                 self.tokens_per_expert += counts.to(self.tokens_per_expert.dtype)
         order = torch.argsort(flat, stable=True)
-        tokens = order // k
-        routed = x[tokens]
+        inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
+        routed = _GatherRows.apply(x, order // k, inverse, k)  # x's rows in expert order, k per token
         if self.s.score_before_experts:
             routed = (routed.float() * scores.flatten()[order].unsqueeze(-1)).to(x.dtype)
         out = self.experts(routed, counts)
         # Back to token order ([T, k, D]), then each token's k outputs summed with its scores by one
         # batched matmul (float32 accumulation; autograd keeps only the k outputs and the scores).
-        inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
-        per_token = out[inverse].view(-1, k, out.shape[-1])
+        per_token = _GatherRows.apply(out, inverse, order, 1).view(-1, k, out.shape[-1])
         if self.s.score_before_experts:
             combined = per_token.sum(1)
         else:
@@ -219,6 +218,27 @@ class MoE(nn.Module):
         hits = F.one_hot(experts, s.n_experts).sum(1).view(batch, seq, -1).float()  # [B, S, E]
         f = hits.sum(1) * s.n_experts / (s.top_k * seq)                              # [B, E]
         return s.aux_loss * (f * p).sum(-1).mean() * self.aux_scale
+
+
+class _GatherRows(torch.autograd.Function):
+    """x[index], whose backward is a gather too: index's inverse permutation `back` picks each
+    row's gradients, `repeats` (each source row's copies, adjacent in `back` order) are summed.
+    Autograd's own x[index] backward is an accumulating index_put (a sort on GPUs: measured 5.7 ms
+    of a 250 ms step of Qwen3-30B-A3B, 4 layers, on an H200)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, index: torch.Tensor, back: torch.Tensor, repeats: int) -> torch.Tensor:
+        ctx.save_for_backward(back)
+        ctx.repeats = repeats
+        return x[index]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (back,) = ctx.saved_tensors
+        rows = grad[back]
+        if ctx.repeats > 1:
+            rows = rows.view(-1, ctx.repeats, grad.shape[-1]).sum(1)
+        return rows, None, None, None
 
 
 class _AttachAux(torch.autograd.Function):
