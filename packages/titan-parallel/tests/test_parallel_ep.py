@@ -184,3 +184,23 @@ def test_compile_leaves_the_experts_eager_and_matches():
     ref(x).sum().backward()
     for (name, p), q in zip(model.named_parameters(), ref.parameters()):
         assert ((p.grad - q.grad).norm() / q.grad.norm()).item() < 1e-5, name  # summation order only
+
+
+def _readme_ep_example():
+    import contextlib
+    import io
+    import pathlib
+    import re
+
+    readme = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+    block = [b for b in re.findall(r"```python\n(.*?)```", readme.read_text(), re.S) if "ep_mesh" in b][0]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(block, str(readme), "exec"), {"__name__": "readme"})
+    return out.getvalue().strip(), block.split("print(")[-1].split("# ")[-1].strip()
+
+
+def test_readme_expert_parallel_example_runs_on_two_ranks():
+    with DistributedPool(world_size=2) as pool:
+        for printed, expected in pool.run(_readme_ep_example):
+            assert printed == expected
