@@ -108,3 +108,66 @@ def test_split_and_merge_plain_tensors():
     assert torch.equal(pieces["layers.0.moe.experts.w1.1"], w[1])
     back = merge_experts(pieces, {"layers.0.moe.experts.w1": w}, ("moe.experts.w1",))
     assert torch.equal(back["layers.0.moe.experts.w1"], w) and [j for j, _ in local_experts("w", w)] == [0, 1, 2]
+
+
+def _fused_adapter(args, interleaved):
+    """Qwen 3 MoE weights in a fused HF layout (Llama 4's gate_up [E, D, 2F], or GPT-OSS's
+    interleaved columns): what those families' adapters do, on a model that exists today."""
+    from titan_models.common.hf import DecoderAdapter, FusedExperts
+    from titan_models.qwen3.hf import MOE_BLOCK, QWEN3_BLOCK, Qwen3StateDictAdapter
+
+    class Fused(Qwen3StateDictAdapter):
+        def __init__(self, a):
+            DecoderAdapter.__init__(self, a, block={**QWEN3_BLOCK, **MOE_BLOCK}, fused=FusedExperts(interleaved=interleaved),
+                                    moe_layers=tuple(range(a.n_layers)), n_experts=a.moe.n_experts)
+
+    return Fused(args)
+
+
+def _fused_round_trip(folder, out, interleaved):
+    from pathlib import Path
+
+    from torch.distributed.tensor.experimental import implicit_replication
+
+    model, _ = _model(Path(folder))
+    adapter = _fused_adapter(model.args, interleaved)
+    dims = _shard_like_ep2_efsdp2(model)
+    model.to_empty(device="cpu")
+    torch.manual_seed(0)  # init_weights draws from the seed and each parameter's name
+    with implicit_replication():
+        model.init_weights()
+    export_hf(out, model, adapter, torch.float32)
+    fresh, _ = _model(Path(folder))
+    _shard_like_ep2_efsdp2(fresh)
+    fresh.to_empty(device="cpu")
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.zero_()
+    load_hf_weights(out, fresh, adapter)
+    full = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in fresh.state_dict().items()}
+    dims.destroy_groups()
+    return full
+
+
+@pytest.mark.parametrize("interleaved", [False, True], ids=["gate-then-up", "interleaved"])
+def test_fused_expert_layouts_from_and_into_ep_shards(hf_folder, tmp_path, interleaved):
+    from safetensors.torch import load_file
+
+    with DistributedPool(world_size=4) as pool:
+        results = pool.run(_fused_round_trip, str(hf_folder), str(tmp_path / "ep"), interleaved)
+    model, _ = _model(hf_folder)
+    model.to_empty(device="cpu")
+    torch.manual_seed(0)
+    model.init_weights()
+    adapter = _fused_adapter(model.args, interleaved)
+    export_hf(tmp_path / "one", model, adapter, torch.float32)
+    a, b = load_file(tmp_path / "ep/model.safetensors"), load_file(tmp_path / "one/model.safetensors")
+    assert a.keys() == b.keys()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    gate_up = b["model.layers.0.feed_forward.experts.gate_up_proj"]
+    w1 = model.layers["0"].moe.experts.w1.detach()
+    assert gate_up.shape == (8, 64, 64)  # [E, D, 2F]
+    assert torch.equal(gate_up[..., 0::2] if interleaved else gate_up[..., :32], w1.transpose(1, 2))
+    one = model.state_dict()
+    for full in results:
+        assert all(torch.equal(full[k], one[k]) for k in one), "loaded into EP shards != one process"

@@ -9,6 +9,12 @@ or writes exactly those slices, so no rank materializes every expert.
 
 An adapter declares its stacked weights in `expert_weights` (suffixes such as "moe.experts.w1"),
 and accepts / returns (from_hf(..., stacked=False)) the per-expert entries.
+
+HF checkpoints that keep experts fused (Llama 4, GPT-OSS: one [E, D, 2F] gate/up tensor per layer)
+cannot be cut per expert that way: the adapter transposes and concatenates whole stacked tensors.
+Their adapters list the weights in `fused_expert_weights`; those are gathered over every mesh dim
+but the expert dim (`gather_expert_dims`), so a rank holds its experts whole (E/ep of them, never
+all under expert parallel) and DTensor ops on the other dims stay local.
 """
 
 from __future__ import annotations
@@ -92,4 +98,17 @@ def merge_experts(pieces: dict[str, Any], model_sd: dict[str, Any], suffixes: tu
                                           shape=target.shape, stride=target.stride())
         else:
             out[key] = local
+    return out
+
+
+def gather_expert_dims(sd: dict[str, Any], suffixes: tuple[str, ...]) -> dict[str, Any]:
+    """Stacked expert DTensors redistributed to Shard(0) where they shard experts and Replicate
+    elsewhere (an all-gather over FSDP's dims); everything else unchanged."""
+    out = dict(sd)
+    for key, value in sd.items():
+        if suffixes and _is_stacked(key, value, suffixes) and isinstance(value, DTensor):
+            placements = [p if (type(p) is Shard and p.dim == 0) else Replicate() for p in value.placements]
+            if any(type(p) is not Shard and not p.is_replicate() for p in value.placements):
+                raise CheckpointError(f"{key}: expert weights placed as {value.placements} cannot be gathered")
+            out[key] = value.redistribute(value.device_mesh, placements)
     return out

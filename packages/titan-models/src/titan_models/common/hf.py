@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from titan_models.errors import ModelConfigError
@@ -45,6 +46,37 @@ _HF_BLOCK = re.compile(r"model\.layers\.(\d+)\.(.+)")
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class FusedExperts:
+    """HF checkpoints that keep a layer's experts fused (Llama 4, GPT-OSS): `gate_up` [E, D, 2F]
+    (gate then up on the last dim, or interleaved gate/up columns) and `down` [E, F, D], against
+    Titan's w1, w3 [E, F, D] and w2 [E, D, F]. Suffixes relative to the block."""
+
+    gate_up: str = "feed_forward.experts.gate_up_proj"
+    down: str = "feed_forward.experts.down_proj"
+    interleaved: bool = False
+    w1: str = "moe.experts.w1"
+    w2: str = "moe.experts.w2"
+    w3: str = "moe.experts.w3"
+
+    def to_hf(self, w1, w2, w3):
+        gate, up = w1.transpose(1, 2), w3.transpose(1, 2)
+        if self.interleaved:
+            fused = torch.stack([gate, up], dim=-1).flatten(-2)
+        else:
+            fused = torch.cat([gate, up], dim=-1)
+        return fused.contiguous(), w2.transpose(1, 2).contiguous()
+
+    def from_hf(self, gate_up, down):
+        if self.interleaved:
+            gate, up = gate_up[..., 0::2], gate_up[..., 1::2]
+        else:
+            half = gate_up.shape[-1] // 2
+            gate, up = gate_up[..., :half], gate_up[..., half:]
+        return (gate.transpose(1, 2).contiguous(), down.transpose(1, 2).contiguous(),
+                up.transpose(1, 2).contiguous())
+
+
 class DecoderAdapter:
     """Maps one model's state dicts between Titan's and HF's names.
 
@@ -59,10 +91,13 @@ class DecoderAdapter:
                  to_hf_values: dict[str, Transform] | None = None,
                  from_hf_values: dict[str, Transform] | None = None,
                  experts: dict[str, str] | None = None, expert_bias: str | None = None,
-                 moe_layers: tuple[int, ...] = (), n_experts: int = 0) -> None:
+                 moe_layers: tuple[int, ...] = (), n_experts: int = 0, fused: FusedExperts | None = None) -> None:
         """experts: stacked Titan suffix ("moe.experts.w1") -> HF per-expert suffix with {j}
         ("mlp.experts.{j}.gate_proj.weight"); expert_bias: the HF suffix of moe.expert_bias, or
-        None when HF has none (to_hf drops it, from_hf gives zeros); moe_layers / n_experts: where."""
+        None when HF has none (to_hf drops it, from_hf gives zeros); moe_layers / n_experts: where.
+        fused: experts kept fused in HF's files instead (then `experts` is empty); titan-ckpt hands
+        such adapters whole stacked tensors, gathered over all but the expert dim
+        (`fused_expert_weights`)."""
         self.args = args
         self.block = dict(BLOCK if block is None else block)
         self.block_back = {v: k for k, v in self.block.items()}
@@ -70,6 +105,8 @@ class DecoderAdapter:
         self.from_hf_values = from_hf_values or {}
         self.experts = dict(experts or {})
         self.expert_weights = tuple(self.experts)
+        self.fused = fused
+        self.fused_expert_weights = (fused.w1, fused.w2, fused.w3) if fused else ()
         self.expert_bias = expert_bias
         self.moe_layers, self.n_experts = tuple(moe_layers), n_experts
         if expert_bias is not None:
@@ -84,6 +121,8 @@ class DecoderAdapter:
     def to_hf(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Titan names/layout -> HF. With tied embeddings lm_head.weight is left out, as HF saves it."""
         out = {}
+        if self.fused is not None:
+            state_dict = self._fused_to_hf(dict(state_dict), out)
         for key, value in state_dict.items():
             if key == "freqs_cis" or (key == "output.weight" and self._tied()):
                 continue
@@ -98,6 +137,26 @@ class DecoderAdapter:
             fn = self.to_hf_values.get(m.group(2))
             out[f"model.layers.{m.group(1)}.{self.block[m.group(2)]}"] = fn(value) if fn else value
         return out
+
+    def _fused_to_hf(self, sd: dict, out: dict) -> dict:
+        f = self.fused
+        for layer in self.moe_layers:
+            keys = [f"layers.{layer}.{s}" for s in (f.w1, f.w2, f.w3)]
+            if all(k in sd for k in keys):
+                gate_up, down = f.to_hf(*(sd.pop(k) for k in keys))
+                out[f"model.layers.{layer}.{f.gate_up}"], out[f"model.layers.{layer}.{f.down}"] = gate_up, down
+            if self.expert_bias is None:  # no HF tensor (from_hf gives zeros)
+                sd.pop(f"layers.{layer}.moe.expert_bias", None)
+        return sd
+
+    def _fused_from_hf(self, hf: dict, out: dict) -> dict:
+        f = self.fused
+        for layer in self.moe_layers:
+            keys = [f"model.layers.{layer}.{s}" for s in (f.gate_up, f.down)]
+            if all(k in hf for k in keys):
+                w1, w2, w3 = f.from_hf(*(hf.pop(k) for k in keys))
+                out.update({f"layers.{layer}.{f.w1}": w1, f"layers.{layer}.{f.w2}": w2, f"layers.{layer}.{f.w3}": w3})
+        return hf
 
     def _expert_to_hf(self, key: str, value, out: dict) -> bool:
         m = _TITAN_EXPERT.fullmatch(key)
@@ -121,6 +180,8 @@ class DecoderAdapter:
         Experts are stacked into 3-D weights (stacked=False: one `...experts.w1.J` entry each)."""
         top_back = {v: k for k, v in TOP.items()}
         out = {}
+        if self.fused is not None:
+            hf_state_dict = self._fused_from_hf(dict(hf_state_dict), out)
         for key, value in hf_state_dict.items():
             if key.endswith("rotary_emb.inv_freq") or (key == "lm_head.weight" and self._tied()):
                 continue  # a buffer older transformers versions saved; the tied head
@@ -140,7 +201,7 @@ class DecoderAdapter:
             out[f"layers.{m.group(1)}.{suffix}"] = fn(value) if fn else value
         if self._tied() and "tok_embeddings.weight" in out:
             out["output.weight"] = out["tok_embeddings.weight"]
-        if self.experts and self.expert_bias is None:
+        if (self.experts or self.fused) and self.expert_bias is None:
             layers = {int(k.split(".")[1]) for k in out if k.startswith("layers.")}
             for i in sorted(layers & set(self.moe_layers)):
                 out.setdefault(f"layers.{i}.moe.expert_bias", torch.zeros(self.n_experts))
