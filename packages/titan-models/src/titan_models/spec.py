@@ -95,6 +95,47 @@ def replace_fields(args: Any, options: RunOptions, *, where: str) -> Any:
     return dataclasses.replace(args, **changes)
 
 
+def with_overrides(args: Any, overrides: dict[str, Any], *, where: str) -> Any:
+    """dataclasses.replace for any family's args, with a ModelConfigError naming an unknown field
+    (and the closest one)."""
+    names = [f.name for f in dataclasses.fields(args)]
+    for key in overrides:
+        if key not in names:
+            raise unknown_name(f"{where} override", key, names)
+    return dataclasses.replace(args, **overrides)
+
+
+def flavor_builder(family: str, flavors: dict[str, Any], validate: Callable[[Any], None],
+                   model: Callable[[Any], nn.Module]) -> Callable[[Any], nn.Module]:
+    """A family's `build(args_or_flavor)`: a flavor name is looked up (unknown: an error naming
+    the closest), the args validated, then the model built on the current default device."""
+
+    def build(args):
+        if isinstance(args, str):
+            if args not in flavors:
+                raise unknown_name(f"{family} flavor", args, flavors)
+            args = flavors[args]
+        validate(args)
+        return model(args)
+
+    build.__doc__ = f"A {family} model for `args` (or a flavor name) on the current default device."
+    return build
+
+
+def decoder_tp_plan(model: nn.Module, *, sequence_parallel: bool = True, loss_parallel: bool = True) -> dict:
+    """The common decoder's TP plan (titan_models.common.plan, imported lazily: it pulls in
+    torch.distributed.tensor)."""
+    from titan_models.common.plan import decoder_tp_plan as plan
+
+    return plan(model, sequence_parallel=sequence_parallel, loss_parallel=loss_parallel)
+
+
+def blocks_after_first(args: Any) -> list[str]:
+    """Pipeline split points of a decoder: any block after the first may start a stage (the first
+    stage keeps the embedding, the last the norm and output)."""
+    return [f"layers.{i}" for i in range(1, args.n_layers)]
+
+
 def decoder_params(s: ModelShape, *, exclude_embedding: bool = False, active: bool = False) -> int:
     """Parameters of a decoder of this shape (tied weights once): embedding, blocks (attention
     with its optional biases and q/k norms, SwiGLU or MoE, two norms), final norm, output.

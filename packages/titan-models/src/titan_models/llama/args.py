@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from titan_models.common.rope import RopeScaling
-from titan_models.errors import unknown_name
-from titan_models.spec import ModelShape, decoder_flops_per_token, decoder_params
+from titan_models.spec import ModelShape, decoder_flops_per_token, decoder_params, with_overrides  # noqa: F401 (with_overrides re-exported)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -84,11 +82,3 @@ class LlamaArgs:
         """Training FLOPs per token (see titan_models.spec.decoder_flops_per_token)."""
         return decoder_flops_per_token(self.shape(), seq_len)
 
-
-def with_overrides(args: LlamaArgs, overrides: dict[str, Any], *, where: str) -> LlamaArgs:
-    """dataclasses.replace with a ModelConfigError naming an unknown field (and the closest one)."""
-    names = [f.name for f in dataclasses.fields(LlamaArgs)]
-    for key in overrides:
-        if key not in names:
-            raise unknown_name(f"{where} override", key, names)
-    return dataclasses.replace(args, **overrides)

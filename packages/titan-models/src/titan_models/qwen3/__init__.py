@@ -2,35 +2,16 @@
 
 from __future__ import annotations
 
-from titan_models.errors import unknown_name
 from titan_models.qwen3.args import Qwen3Args, with_overrides
 from titan_models.qwen3.flavors import FLAVORS
 from titan_models.qwen3.hf import Qwen3StateDictAdapter, args_from_hf_config
 from titan_models.qwen3.model import Qwen3Model
 from titan_models.qwen3.validate import validate
-from titan_models.spec import ModelSpec
+from titan_models.spec import ModelSpec, blocks_after_first, decoder_tp_plan, flavor_builder
 
-
-def build(args: Qwen3Args | str) -> Qwen3Model:
-    """A Qwen3Model for `args` (or a flavor name) on the current default device."""
-    if isinstance(args, str):
-        if args not in FLAVORS:
-            raise unknown_name("qwen3 flavor", args, FLAVORS)
-        args = FLAVORS[args]
-    validate(args)
-    return Qwen3Model(args)
-
-
-def tp_plan(model, *, sequence_parallel: bool = True, loss_parallel: bool = True) -> dict:
-    """The common decoder plan (q_norm / k_norm see this rank's heads); imported lazily."""
-    from titan_models.common.plan import decoder_tp_plan
-
-    return decoder_tp_plan(model, sequence_parallel=sequence_parallel, loss_parallel=loss_parallel)
-
-
-def pipeline_split_points(args: Qwen3Args) -> list[str]:
-    """Any block after the first may start a stage."""
-    return [f"layers.{i}" for i in range(1, args.n_layers)]
+build = flavor_builder("qwen3", FLAVORS, validate, Qwen3Model)
+tp_plan = decoder_tp_plan
+pipeline_split_points = blocks_after_first
 
 
 QWEN3 = ModelSpec(

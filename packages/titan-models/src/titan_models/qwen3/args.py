@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 from titan_models.common.moe import MoEShape
 from titan_models.common.rope import RopeScaling, YarnScaling
-from titan_models.errors import unknown_name
-from titan_models.spec import ModelShape
+from titan_models.spec import ModelShape, with_overrides  # noqa: F401 (re-exported: the family's override)
 
 
 @dataclass(frozen=True)
@@ -65,11 +62,3 @@ class Qwen3Args:
                           head_dim=self.head_dim, ffn_hidden=self.hidden_dim, vocab_size=self.vocab_size,
                           tie_embeddings=self.tie_embeddings, qk_norm=self.qk_norm, **moe)
 
-
-def with_overrides(args: Qwen3Args, overrides: dict[str, Any], *, where: str) -> Qwen3Args:
-    """dataclasses.replace with a ModelConfigError naming an unknown field (and the closest one)."""
-    names = [f.name for f in dataclasses.fields(Qwen3Args)]
-    for key in overrides:
-        if key not in names:
-            raise unknown_name(f"{where} override", key, names)
-    return dataclasses.replace(args, **overrides)
