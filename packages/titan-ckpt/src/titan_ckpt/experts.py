@@ -112,3 +112,14 @@ def gather_expert_dims(sd: dict[str, Any], suffixes: tuple[str, ...]) -> dict[st
                 raise CheckpointError(f"{key}: expert weights placed as {value.placements} cannot be gathered")
             out[key] = value.redistribute(value.device_mesh, placements)
     return out
+
+
+def hf_view(sd: dict[str, Any], adapter: Any) -> dict[str, Any]:
+    """The model state dict as `adapter.to_hf` takes it: per-expert pieces for `expert_weights`,
+    expert-dim-only shards for `fused_expert_weights` (neither: unchanged)."""
+    sd = split_experts(sd, expert_suffixes(adapter))
+    return gather_expert_dims(sd, tuple(getattr(adapter, "fused_expert_weights", ()) or ()))
+
+
+def expert_suffixes(adapter: Any) -> tuple[str, ...]:
+    return tuple(getattr(adapter, "expert_weights", ()) or ())

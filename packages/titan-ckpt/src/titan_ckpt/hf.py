@@ -34,7 +34,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from .dcp_io import dist_on, explain
 from .errors import CheckpointError, closest, short_list
-from .experts import gather_expert_dims, merge_experts, split_experts
+from .experts import expert_suffixes, hf_view, merge_experts
 from .layout import inside, remove_dir
 from .states import as_parts, load_model_parts, model_state_dict
 from .weights import cast_floats
@@ -142,10 +142,9 @@ def load_hf_weights(path: str | os.PathLike, model_parts: nn.Module | Sequence[n
     parts = as_parts(model_parts)
     files = hf_files(path)
     headers = read_hf_headers(files)
-    experts = tuple(getattr(adapter, "expert_weights", ()) or ())
-    fused = tuple(getattr(adapter, "fused_expert_weights", ()) or ())
+    experts = expert_suffixes(adapter)
     model_sd = model_state_dict(parts)
-    template = adapter.to_hf(gather_expert_dims(split_experts(model_sd, experts), fused))
+    template = adapter.to_hf(hf_view(model_sd, adapter))
     missing = [k for k in template if k not in headers]
     if missing:
         raise CheckpointError(
@@ -238,10 +237,7 @@ def export_hf(folder: str | os.PathLike, model_parts: nn.Module | Sequence[nn.Mo
               overwrite: bool = False) -> Path:
     """Export the model (any layout; every rank calls it) as HF safetensors + config.json."""
     check_adapter(adapter)
-    experts = tuple(getattr(adapter, "expert_weights", ()) or ())
-    fused = tuple(getattr(adapter, "fused_expert_weights", ()) or ())
-    sd = gather_expert_dims(split_experts(model_state_dict(as_parts(model_parts)), experts), fused)
-    hf = cast_floats(adapter.to_hf(sd), dtype)
+    hf = cast_floats(adapter.to_hf(hf_view(model_state_dict(as_parts(model_parts)), adapter)), dtype)
     config = adapter.hf_config(str(dtype).removeprefix("torch."))
     if hasattr(config, "to_dict"):
         config = config.to_dict()

@@ -199,17 +199,19 @@ class ParallelDims:
     def expert_rank_grid(self) -> list:
         """The sparse layout as nested lists [pp][dp_replicate][efsdp][ep] of global ranks: the
         dp_shard x cp x tp ranks of each (pp, dp_replicate) cell, in order, cut into ep-sized runs."""
+        return self._expert_grid().tolist()
+
+    def _expert_grid(self):
         import torch
 
-        return torch.arange(self.world_size).view(self.pp, self.dp_replicate, self.efsdp, self.ep).tolist()
+        return torch.arange(self.world_size).view(self.pp, self.dp_replicate, self.efsdp, self.ep)
 
     def _expert_meshes(self, device_type: str, mesh: DeviceMesh, names: tuple[str, ...]) -> dict[str, DeviceMesh]:
-        import torch
-
-        dims = [(n, d) for n, d in (("pp", self.pp), ("dp_replicate", self.dp_replicate)) if d > 1]
-        dims += [("efsdp", self.efsdp), ("ep", self.ep)]
-        grid = torch.arange(self.world_size).view(*(d for _, d in dims))
-        sparse = DeviceMesh(device_type, grid, mesh_dim_names=tuple(n for n, _ in dims))
+        grid = self._expert_grid()
+        # pp and dp_replicate only when enabled (no groups of one); efsdp and ep always
+        keep = [i for i in range(4) if i >= 2 or grid.shape[i] > 1]
+        sparse = DeviceMesh(device_type, grid.reshape([grid.shape[i] for i in keep]),
+                            mesh_dim_names=tuple(("pp", "dp_replicate", "efsdp", "ep")[i] for i in keep))
         out = {"sparse": sparse, "ep": sparse["ep"], "efsdp": sparse["efsdp"]}
         if self.dp_replicate > 1:
             out["dp_replicate_efsdp"] = sparse["dp_replicate", "efsdp"]

@@ -26,7 +26,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
 from titan_parallel.errors import ParallelConfigError
-from titan_parallel.modules import match_modules, pattern_matches
+from titan_parallel.modules import match_modules, named_modules_clean, pattern_matches
 
 
 def expert_weights(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -98,8 +98,6 @@ def _ep_forward(module: nn.Module, mesh: DeviceMesh, x: torch.Tensor, counts: to
 
 def has_experts(model: nn.Module, experts: str) -> bool:
     """Whether any module of `model` matches the experts pattern (a dense model: no)."""
-    from titan_parallel.modules import named_modules_clean
-
     return any(pattern_matches(experts, n) for n in named_modules_clean(model))
 
 

@@ -126,6 +126,8 @@ class DecoderAdapter:
         for key, value in state_dict.items():
             if key == "freqs_cis" or (key == "output.weight" and self._tied()):
                 continue
+            if key.endswith(".moe.expert_bias") and self.expert_bias is None:
+                continue  # HF has no such tensor (from_hf gives zeros)
             if key in TOP:
                 out[TOP[key]] = value
                 continue
@@ -145,8 +147,6 @@ class DecoderAdapter:
             if all(k in sd for k in keys):
                 gate_up, down = f.to_hf(*(sd.pop(k) for k in keys))
                 out[f"model.layers.{layer}.{f.gate_up}"], out[f"model.layers.{layer}.{f.down}"] = gate_up, down
-            if self.expert_bias is None:  # no HF tensor (from_hf gives zeros)
-                sd.pop(f"layers.{layer}.moe.expert_bias", None)
         return sd
 
     def _fused_from_hf(self, hf: dict, out: dict) -> dict:
@@ -163,8 +163,6 @@ class DecoderAdapter:
         if not m:
             return False
         layer, suffix, j = m.groups()
-        if suffix == "moe.expert_bias" and self.expert_bias is None:
-            return True  # HF has no such tensor: dropped (from_hf gives zeros)
         if suffix not in self.experts:
             return False
         hf = f"model.layers.{layer}.{self.experts[suffix]}"
