@@ -105,21 +105,31 @@ def with_overrides(args: Any, overrides: dict[str, Any], *, where: str) -> Any:
     return dataclasses.replace(args, **overrides)
 
 
+@dataclass(frozen=True)
+class FlavorBuilder:
+    """A family's `build(args_or_flavor)`: a flavor name is looked up (unknown: an error naming
+    the closest), the args validated, then the model built on the current default device.
+    A module-level class rather than a closure so that a ModelSpec pickles (the memory estimator
+    measures sizes in a subprocess)."""
+
+    family: str
+    flavors: dict[str, Any]
+    validate: Callable[[Any], None]
+    model: Callable[[Any], nn.Module]
+
+    def __call__(self, args: Any) -> nn.Module:
+        if isinstance(args, str):
+            if args not in self.flavors:
+                raise unknown_name(f"{self.family} flavor", args, self.flavors)
+            args = self.flavors[args]
+        self.validate(args)
+        return self.model(args)
+
+
 def flavor_builder(family: str, flavors: dict[str, Any], validate: Callable[[Any], None],
                    model: Callable[[Any], nn.Module]) -> Callable[[Any], nn.Module]:
-    """A family's `build(args_or_flavor)`: a flavor name is looked up (unknown: an error naming
-    the closest), the args validated, then the model built on the current default device."""
-
-    def build(args):
-        if isinstance(args, str):
-            if args not in flavors:
-                raise unknown_name(f"{family} flavor", args, flavors)
-            args = flavors[args]
-        validate(args)
-        return model(args)
-
-    build.__doc__ = f"A {family} model for `args` (or a flavor name) on the current default device."
-    return build
+    """See FlavorBuilder."""
+    return FlavorBuilder(family, flavors, validate, model)
 
 
 def decoder_tp_plan(model: nn.Module, *, sequence_parallel: bool = True, loss_parallel: bool = True) -> dict:
