@@ -28,6 +28,9 @@ QWEN3_1_7B = ["--model.name", "qwen3", "--model.flavor", "1.7B", "--model.tie_em
 
 QWEN3_MOE_4L = ["--model.name", "qwen3", "--model.flavor", "30B-A3B", "--model.n_layers", "4",
                 "--model.vocab_size", "151936"]
+# DeepSeek 16B cut to 4 layers (1 dense + 3 MoE: 2.25B parameters), vocab 102400: issue 20's row
+DSV3_16B_4L = ["--model.name", "deepseek_v3", "--model.flavor", "16B", "--model.n_layers", "4",
+               "--model.vocab_size", "102400"]
 
 
 def _b(n: int) -> list[str]:
@@ -60,6 +63,11 @@ ROWS: dict[str, Row] = {
     # frees memory, and the eager row has ~5 GiB of its cap to spare)
     "qwen3_30b_a3b_4l_eager_b2_keep": Row([*ONE_B, *QWEN3_MOE_4L, *_b(2), "--parallelism.fsdp_reshard_after_forward",
                                            "never"], reference="56,245 tok/s, 95.5 GiB (H200)"),
+    "deepseek_v3_16b_4l_compile_b2": Row([*ONE_B, *DSV3_16B_4L, *_b(2), "--compile.enable"],
+                                         reference="79,232 tok/s (34.0% MFU active, flex block-causal), 54.0 GiB (H200)"),
+    "deepseek_v3_16b_4l_compile_flex_b2": Row([*ONE_B, *DSV3_16B_4L, *_b(2), "--compile.enable",
+                                               "--model.attn_backend", "flex"],
+                                              reference="79,232 tok/s (34.0% MFU active, flex block-causal), 54.0 GiB (H200)"),
     "debug": Row(["--config", "llama3_debug", *_b(8)], reference="smoke row"),
     "debug_fsdp2": Row(["--config", "llama3_debug", *_b(4)], 2, reference="smoke row: `debug` on 2 ranks"),
     # ---- 4x H200 (8B reference; compile + selective op AC unless said) ----

@@ -209,7 +209,7 @@ def _hf_round_trip_under_fsdp(out, family):
     return full_states(fresh, make_optimizer(fresh, "sgd"))[0]
 
 
-@pytest.mark.parametrize("family", ["llama3", "qwen3"])
+@pytest.mark.parametrize("family", ["llama3", "qwen3", "deepseek_v3"])
 def test_family_adapters_export_and_load_fsdp_shards(pool, tmp_path, family):
     from safetensors.torch import load_file
 

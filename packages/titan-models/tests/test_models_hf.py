@@ -11,7 +11,7 @@ from titan_models import (
     args_from_hf_config,
     get_model_spec,
 )
-from titan_models.testing import tiny_llama_args
+from titan_models.testing import from_hf_weights, tiny_llama_args
 from transformers import LlamaConfig, LlamaForCausalLM
 
 SPEC = get_model_spec("llama3")
@@ -44,13 +44,8 @@ def test_hf_to_titan_same_logits_and_exact_round_trip(tie):
     hf = _random_hf(tie)
     args = args_from_hf_config(hf.config.to_dict(), max_seq_len=128)
     assert (args.kv_heads, args.hidden_dim, args.tie_embeddings, args.rope_scaling) == (2, 160, tie, SCALED)
-    adapter = SPEC.state_dict_adapter(args)
-    with torch.device("meta"):
-        model = SPEC.build(args)
-    model.to_empty(device="cpu")
-    model.init_weights()  # the RoPE table; weights come from HF
     hf_state = hf.state_dict()
-    model.load_state_dict(adapter.from_hf(hf_state), strict=True)
+    model, adapter = from_hf_weights(SPEC, args, hf_state)
     tokens = torch.randint(0, 256, (2, 100), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert _rel_err(model(tokens), hf(tokens).logits) < 1e-4

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from titan_models import ModelConfigError, get_model_spec
-from titan_models.testing import tiny_args
+from titan_models.testing import from_hf_weights, tiny_args
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 SPEC = get_model_spec("qwen3")
@@ -66,12 +66,7 @@ def test_from_save_pretrained_files_same_logits_and_exact_round_trip(tmp_path, t
     files = load_file(str(tmp_path / "model.safetensors"))
     args = SPEC.args_from_hf_config(config, max_seq_len=128)
     assert (args.head_dim, args.n_kv_heads, args.hidden_dim, args.tie_embeddings) == (32, 2, 128, tie)
-    adapter = SPEC.state_dict_adapter(args)
-    with torch.device("meta"):
-        model = SPEC.build(args)
-    model.to_empty(device="cpu")
-    model.init_weights()  # the RoPE table; the weights come from the files
-    model.load_state_dict(adapter.from_hf(files), strict=True)
+    model, adapter = from_hf_weights(SPEC, args, files)
     tokens = torch.randint(0, 256, (2, 100), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert _rel_err(model(tokens), hf(tokens).logits) < 1e-4
@@ -155,12 +150,7 @@ def test_moe_from_save_pretrained_files_same_logits_and_exact_round_trip(tmp_pat
     args = SPEC.args_from_hf_config(config, max_seq_len=128)
     assert (args.moe.n_experts, args.moe.top_k, args.moe.hidden_dim, args.dense_layers) == (
         8, 2, 32, tuple(dense_layers or ()))
-    adapter = SPEC.state_dict_adapter(args)
-    with torch.device("meta"):
-        model = SPEC.build(args)
-    model.to_empty(device="cpu")
-    model.init_weights()
-    model.load_state_dict(adapter.from_hf(files), strict=True)
+    model, adapter = from_hf_weights(SPEC, args, files)
     assert hasattr(model.layers["1"], "feed_forward") == bool(dense_layers)
     tokens = torch.randint(0, 256, (2, 100), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

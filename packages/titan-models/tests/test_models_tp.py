@@ -56,7 +56,7 @@ def _tp_vs_single(family, sequence_parallel, loss_parallel, tie, backend, mask):
     model.to_empty(device="cpu")  # re-ties the embedding, which the plan had split
     with implicit_replication():
         model.init_weights()
-    assert isinstance(model.layers["0"].attention.wq.weight, DTensor)
+    assert isinstance(model.layers["0"].attention.wo.weight, DTensor)
     assert (model.output.weight is model.tok_embeddings.weight) == tie
     ref_params = dict(reference.named_parameters())
     init_equal = all(torch.equal(_full(p), ref_params[n]) for n, p in model.named_parameters())

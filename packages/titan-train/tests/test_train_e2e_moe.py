@@ -1,51 +1,77 @@
-"""Mixture of experts through the CLI: `qwen3 debugmodel_moe` with the aux-loss-free balancing on
-trains the same global batches to the same loss and grad norm, step by step, as one process under
-EP 2 (2 ranks), FSDP 4 x EP 2, FSDP 2 x TP 2 x EP 2 and PP 2 x FSDP 2 x EP 2 (4 ranks), with SGD
-and AdamW (fp32 on CPU; relative gap < 1e-3). A run checkpointed at EP 2 resumes at EP 1 (FSDP only)
-with the losses of the uninterrupted run, and the expert biases it saved."""
+"""Mixture of experts through the CLI, with the aux-loss-free balancing on, trains the same global
+batches to the same loss and grad norm, step by step, as one process (fp32 on CPU; relative gap
+< 1e-3), with SGD and AdamW:
+- `qwen3 debugmodel_moe` under EP 2 (2 ranks), FSDP 4 x EP 2, FSDP 2 x TP 2 x EP 2 and
+  PP 2 x FSDP 2 x EP 2 (4 ranks);
+- `deepseek_v3 debugmodel` (latent attention, dense first block, sigmoid group-limited routing,
+  a shared expert) under EP 2 and TP 2 (2 ranks) and FSDP 2 x EP 2 (4 ranks); with multi-token
+  prediction on, one process against FSDP 2 x EP 2 (the MTP loss logged and equal too).
+A run checkpointed at EP 2 resumes at EP 1 (FSDP only) with the losses of the uninterrupted run,
+and the expert biases it saved."""
 
 import pytest
 from titan_mesh.testing import DistributedPool
 from train_e2e_helpers import compare_records, train
 
-MODEL = ["--model.name", "qwen3", "--model.flavor", "debugmodel_moe", "--moe.load_balance_coeff", "1e-2",
-         "--training.steps", "4"]
+STEPS = ["--moe.load_balance_coeff", "1e-2", "--training.steps", "4"]
+MODEL = ["--model.name", "qwen3", "--model.flavor", "debugmodel_moe", *STEPS]
 SGD = ["--optimizer.name", "SGD", "--optimizer.lr", "0.5"]
 EP2 = ["--parallelism.expert_parallel_degree", "2"]
-LAYOUTS_2 = {"ep2": EP2}
-LAYOUTS_4 = {
-    "fsdp4_ep2": EP2,
-    "fsdp2_tp2_ep2": [*EP2, "--parallelism.tensor_parallel_degree", "2"],
-    "pp2_fsdp2_ep2": [*EP2, "--parallelism.pipeline_parallel_degree", "2",
-                      "--parallelism.pipeline_parallel_schedule", "1F1B"],
+TP2 = ["--parallelism.tensor_parallel_degree", "2"]
+# family -> (model arguments, a key its records must have, {world size: {layout: arguments}})
+FAMILIES = {
+    "qwen3": (MODEL, "moe_load/layers.5.moe/max_share", {
+        2: {"ep2": EP2},
+        4: {"fsdp4_ep2": EP2, "fsdp2_tp2_ep2": [*EP2, *TP2],
+            "pp2_fsdp2_ep2": [*EP2, "--parallelism.pipeline_parallel_degree", "2",
+                              "--parallelism.pipeline_parallel_schedule", "1F1B"]}}),
+    "deepseek_v3": (["--model.name", "deepseek_v3", "--model.flavor", "debugmodel", *STEPS],
+                    "moe_load/layers.3.moe/max_share", {
+                        2: {"ep2": EP2, "tp2": TP2},
+                        4: {"fsdp2_ep2": EP2}}),
+    "deepseek_v3_mtp": (["--model.name", "deepseek_v3", "--model.flavor", "debugmodel", "--model.mtp_layers", "1",
+                         *STEPS], "mtp_loss", {4: {"fsdp2_ep2": EP2}}),
 }
+CASES = [(f, w) for f, (_, _, layouts) in FAMILIES.items() for w in layouts]
 
 
 def _run(out: str, extra: list[str]) -> list[dict]:
     return train(out, *MODEL, *extra)
 
 
+def _run_family(out: str, family: str, extra: list[str]) -> list[dict]:
+    return train(out, *FAMILIES[family][0], *extra)
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def references(tmp_path_factory):
+    """family -> (SGD records, AdamW records) of one process, every family in one process pool."""
+    out = {}
     with DistributedPool(world_size=1) as pool:
-        return (pool.run(_run, str(tmp_path_factory.mktemp("one_sgd")), SGD)[0],
-                pool.run(_run, str(tmp_path_factory.mktemp("one_adam")), [])[0])
+        for family in FAMILIES:
+            out[family] = (pool.run(_run_family, str(tmp_path_factory.mktemp(f"{family}_sgd")), family, SGD)[0],
+                           pool.run(_run_family, str(tmp_path_factory.mktemp(family)), family, [])[0])
+    return out
 
 
 def _compare(ref: list[dict], got: list[dict], name: str) -> None:
     compare_records(ref, got, name)
     for a, b in zip(ref, got):  # the balance statistics come from the same summed counts
         assert b["moe_max_share"] == pytest.approx(a["moe_max_share"], abs=1e-6), name
+        if "mtp_loss" in a:
+            assert b["mtp_loss"] == pytest.approx(a["mtp_loss"], rel=1e-4), name
 
 
-@pytest.mark.parametrize("world, layouts", [(2, LAYOUTS_2), (4, LAYOUTS_4)], ids=["2ranks", "4ranks"])
-def test_expert_layouts_match_one_process(world, layouts, reference, tmp_path):
-    ref_sgd, ref_adam = reference
-    assert "moe_load/layers.5.moe/max_share" in ref_sgd[0]
+@pytest.mark.parametrize("family, world", CASES, ids=[f"{f}-{w}ranks" for f, w in CASES])
+def test_expert_layouts_match_one_process(family, world, references, tmp_path):
+    ref_sgd, ref_adam = references[family]
+    assert FAMILIES[family][1] in ref_sgd[0]
     with DistributedPool(world_size=world) as pool:
-        for name, extra in layouts.items():
-            _compare(ref_sgd, pool.run(_run, str(tmp_path / f"{name}_sgd"), [*extra, *SGD])[0], f"{name} (SGD)")
-            _compare(ref_adam, pool.run(_run, str(tmp_path / name), extra)[0], f"{name} (AdamW)")
+        for name, extra in FAMILIES[family][2][world].items():
+            _compare(ref_sgd, pool.run(_run_family, str(tmp_path / f"{name}_sgd"), family, [*extra, *SGD])[0],
+                     f"{family} {name} (SGD)")
+            _compare(ref_adam, pool.run(_run_family, str(tmp_path / name), family, extra)[0],
+                     f"{family} {name} (AdamW)")
 
 
 def _bias_sum(out: str) -> float:

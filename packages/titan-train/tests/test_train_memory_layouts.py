@@ -127,3 +127,23 @@ def test_layers_per_stage_gives_stages_of_exactly_that_many_blocks():
              "--parallelism.pipeline_parallel_schedule", "Interleaved1F1B",
              "--parallelism.pipeline_parallel_layers_per_stage", "4")
     assert [r.blocks for r in plan(_cfg(*extra), 8).ranks] == [(4, 4)] * 4
+
+
+def test_dense_first_blocks_are_counted_apart_from_expert_blocks():
+    """DeepSeek V3 671B: 3 dense blocks then 58 MoE blocks; the measured copy holds both kinds, and
+    one rank's parameters under FSDP 64 x EP 64 add up to the model's count (from its shape)."""
+    import titan_models
+
+    cfg = build_config(["--config", "deepseek_v3_671b", "--model.vocab_size", "129280"])
+    layout = plan(cfg, 64)
+    s = measure(cfg, layout)
+    spec = titan_models.get_model_spec("deepseek_v3")
+    args = spec.args_for("671B")
+    assert s.n_dense == 3 and s.dense_block is not None
+    from titan_train.memory.estimate import _rank_param_elems
+
+    total = _rank_param_elems(s, layout.ranks[0], "stored") * 64
+    assert total == pytest.approx(spec.num_params(args), rel=2e-3)
+    # stored per rank: a dense block's 1/64 share; a MoE block's experts (4 of 256) dwarf it
+    assert s.dense_block.stored == pytest.approx(s.dense_block.gathered / 64, rel=1e-3)
+    assert s.block.stored > 15 * s.dense_block.stored

@@ -122,9 +122,11 @@ def torch_to_dcp(torch_file: str | os.PathLike, out_dir: str | os.PathLike, *,
 
 def hf_to_dcp(hf_path: str | os.PathLike, out_dir: str | os.PathLike, adapter: HFAdapter, *,
               dtype: torch.dtype | None = None, overwrite: bool = False) -> Path:
-    """HF safetensors (file, folder, or sharded with an index) -> a model-only DCP checkpoint."""
+    """HF safetensors (file, folder, or sharded with an index) -> a model-only DCP checkpoint.
+    FP8 block-quantized weights are dequantized (straight into `dtype` when it is a float type)."""
     check_adapter(adapter)
-    weights = cast_floats(adapter.from_hf(read_hf_state_dict(hf_path)), dtype)
+    fp8_dtype = dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
+    weights = cast_floats(adapter.from_hf(read_hf_state_dict(hf_path, fp8_dtype=fp8_dtype)), dtype)
     # Tied weights come back as one tensor under two names; DCP stores each name.
     weights = {k: v.contiguous() for k, v in weights.items()}
     return write_dcp(out_dir, weights, kind="model_only", overwrite=overwrite)

@@ -14,6 +14,8 @@ expert this rank holds (titan_ckpt.experts), so experts are read and written fro
 Loading goes through DCP's HuggingFaceStorageReader, so each rank reads only the slices of its
 own DTensor shards; export goes through HuggingFaceStorageWriter, each rank writing its shards and
 rank 0 consolidating them into full tensors. Safetensors holds raw tensors only: no code runs.
+FP8 block-quantized checkpoints (`X.weight_scale_inv` beside float8 `X.weight`, DeepSeek V3's)
+are dequantized while loading (titan_ckpt.fp8); the scales never reach the adapter.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 import torch.distributed as dist
@@ -35,6 +37,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from .dcp_io import dist_on, explain
 from .errors import CheckpointError, closest, short_list
 from .experts import expert_suffixes, hf_view, merge_experts
+from .fp8 import dequantize_state_dict, fp8_block, fp8_reader
 from .layout import inside, remove_dir
 from .states import as_parts, load_model_parts, model_state_dict
 from .weights import cast_floats
@@ -91,43 +94,60 @@ def hf_files(path: str | os.PathLike) -> list[Path]:
     return found
 
 
-def read_hf_headers(files: Sequence[Path]) -> dict[str, tuple[Path, list[int]]]:
-    """HF name -> (file, shape), from the safetensors headers only."""
+class HFEntry(NamedTuple):
+    file: Path
+    shape: list[int]
+    dtype: str  # safetensors' name: "BF16", "F32", "F8_E4M3", ...
+
+
+def read_hf_headers(files: Sequence[Path]) -> dict[str, HFEntry]:
+    """HF name -> (file, shape, dtype), from the safetensors headers only."""
     from safetensors import safe_open
 
-    out: dict[str, tuple[Path, list[int]]] = {}
+    out: dict[str, HFEntry] = {}
     for f in files:
         try:
             with safe_open(str(f), framework="pt") as st:
                 for key in st.keys():
-                    out[key] = (f, list(st.get_slice(key).get_shape()))
+                    piece = st.get_slice(key)
+                    out[key] = HFEntry(f, list(piece.get_shape()), piece.get_dtype())
         except Exception as e:
             raise CheckpointError(f"{f} is not a readable safetensors file ({e})") from e
     return out
 
 
-def read_hf_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Every tensor of an HF checkpoint, whole, on CPU (for one-process conversions)."""
+def read_hf_state_dict(path: str | os.PathLike, *,
+                       fp8_dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Every tensor of an HF checkpoint, whole, on CPU (for one-process conversions).
+
+    FP8 block-quantized weights come back dequantized to `fp8_dtype`, without their scales.
+    """
     from safetensors.torch import load_file
 
+    files = hf_files(path)
+    block = fp8_block(path, read_hf_headers(files))
     out: dict[str, torch.Tensor] = {}
-    for f in hf_files(path):
+    for f in files:
         try:
             out.update(load_file(str(f)))
         except Exception as e:
             raise CheckpointError(f"{f} is not a readable safetensors file ({e})") from e
-    return out
+    return out if block is None else dequantize_state_dict(out, block, fp8_dtype)
 
 
-def _reader_dir(files: list[Path], stack: list[str]) -> str:
-    """A folder whose .safetensors are exactly `files` (DCP's HF reader reads the whole folder)."""
+def _reader_dir(files: list[Path], stack: list[str], headers: dict[str, HFEntry] | None = None) -> str:
+    """A folder whose .safetensors are exactly `files` (DCP's HF reader reads the whole folder).
+    With `headers`, it also holds an index written from them (torch's FP8 reader needs one)."""
     folder = files[0].parent
-    if set(folder.glob("*.safetensors")) == set(files):
+    if headers is None and set(folder.glob("*.safetensors")) == set(files):
         return str(folder)
     tmp = tempfile.mkdtemp(prefix="titan-hf-")
     stack.append(tmp)
     for f in files:
         os.symlink(f.resolve(), os.path.join(tmp, f.name))
+    if headers is not None:
+        index = {"weight_map": {k: e.file.name for k, e in headers.items()}}
+        Path(tmp, INDEX).write_text(json.dumps(index))
     return tmp
 
 
@@ -136,12 +156,14 @@ def load_hf_weights(path: str | os.PathLike, model_parts: nn.Module | Sequence[n
     """Load HF safetensors weights into the model parts (plain or DTensor-sharded, any layout).
 
     Every rank calls it; each reads only the slices its shards need. Values are converted to
-    the parameters' dtypes. Keys the model needs but the files lack are an error.
+    the parameters' dtypes; FP8 block-quantized weights are dequantized on the way. Keys the
+    model needs but the files lack are an error.
     """
     check_adapter(adapter)
     parts = as_parts(model_parts)
     files = hf_files(path)
     headers = read_hf_headers(files)
+    block = fp8_block(path, headers)
     experts = expert_suffixes(adapter)
     model_sd = model_state_dict(parts)
     template = adapter.to_hf(hf_view(model_sd, adapter))
@@ -156,7 +178,10 @@ def load_hf_weights(path: str | os.PathLike, model_parts: nn.Module | Sequence[n
                                   f"the model needs {list(value.shape)}")
     cleanup: list[str] = []
     try:
-        reader = dcp.HuggingFaceStorageReader(_reader_dir(files, cleanup))
+        if block is None:
+            reader = dcp.HuggingFaceStorageReader(_reader_dir(files, cleanup))
+        else:
+            reader = fp8_reader(_reader_dir(files, cleanup, headers), block)
         dcp.load(template, storage_reader=reader, process_group=process_group, no_dist=not dist_on())
     except (Exception, CheckpointException) as e:
         raise explain(e, path, "loading HF weights from") from e

@@ -1,5 +1,6 @@
-"""titan-models: model families (Llama 3, Qwen 3) as plain nn.Modules, parallel plans as data, HF interop."""
+"""titan-models: model families (Llama 3, Qwen 3, DeepSeek V3) as plain nn.Modules, parallel plans as data, HF interop."""
 
+from titan_models.deepseek_v3 import DeepSeekV3Args, DeepSeekV3Model, DeepSeekV3StateDictAdapter
 from titan_models.errors import ModelConfigError
 from titan_models.llama import (
     LlamaArgs,
@@ -16,6 +17,9 @@ from titan_models.spec import ModelShape, ModelSpec, RunOptions
 __version__ = "0.1.0"
 
 __all__ = [
+    "DeepSeekV3Args",
+    "DeepSeekV3Model",
+    "DeepSeekV3StateDictAdapter",
     "MODEL_SPECS",
     "LlamaArgs",
     "LlamaStateDictAdapter",

@@ -47,6 +47,21 @@ class ModelShape:
     moe_hidden: int = 0
     n_shared_experts: int = 0
     router_bias: bool = False
+    # Multi-head latent attention (DeepSeek; kv_lora_rank > 0): head_dim is the q/k head width
+    # (nope + rope_head_dim), v_head_dim the value head's; q through a q_lora_rank bottleneck (0:
+    # one projection); k and v from a kv_lora_rank latent, plus one rope_head_dim key for all heads.
+    kv_lora_rank: int = 0
+    q_lora_rank: int = 0
+    rope_head_dim: int = 0
+    v_head_dim: int = 0
+    # Multi-token prediction modules (DeepSeek V3): each one more block (of the last block's kind),
+    # two norms, a 2 dim -> dim projection and a norm; it shares the embedding and output.
+    mtp_layers: int = 0
+
+    @property
+    def v_dim(self) -> int:
+        """Width of one head's value (head_dim unless MLA sets its own)."""
+        return self.v_head_dim or self.head_dim
 
     @property
     def q_dim(self) -> int:
@@ -75,6 +90,9 @@ class RunOptions:
     # sequence-wise balance loss weight (0: off).
     moe_load_balance_coeff: float | None = None
     moe_aux_loss: float | None = None
+    # Multi-token prediction (families with mtp_layers, e.g. DeepSeek V3): modules and loss weight.
+    mtp_layers: int | None = None
+    mtp_loss_weight: float | None = None
 
 
 def replace_fields(args: Any, options: RunOptions, *, where: str) -> Any:
@@ -150,7 +168,7 @@ def decoder_params(s: ModelShape, *, exclude_embedding: bool = False, active: bo
     """Parameters of a decoder of this shape (tied weights once): embedding, blocks (attention
     with its optional biases and q/k norms, SwiGLU or MoE, two norms), final norm, output.
     active: count top_k of the routed experts (the weights one token meets)."""
-    attention = 2 * s.dim * s.q_dim + 2 * s.dim * s.kv_dim
+    attention = _attention_params(s)
     if s.attention_bias:
         attention += s.q_dim + 2 * s.kv_dim + s.dim
     if s.qk_norm:
@@ -161,24 +179,40 @@ def decoder_params(s: ModelShape, *, exclude_embedding: bool = False, active: bo
     moe = attention + router + routed + s.n_shared_experts * 3 * s.dim * s.moe_hidden + 2 * s.dim
     embedding = s.vocab_size * s.dim
     blocks = (s.n_layers - s.moe_layers) * dense + s.moe_layers * moe
+    if s.mtp_layers:
+        blocks += s.mtp_layers * ((moe if s.moe_layers else dense) + 2 * s.dim * s.dim + 3 * s.dim)
     total = embedding + blocks + s.dim + (0 if s.tie_embeddings else embedding)
     return total - embedding if exclude_embedding else total
+
+
+def _attention_params(s: ModelShape) -> int:
+    """Projection weights of one attention layer (grouped-query, or multi-head latent)."""
+    if not s.kv_lora_rank:
+        return 2 * s.dim * s.q_dim + 2 * s.dim * s.kv_dim
+    q = s.dim * s.q_lora_rank + s.q_lora_rank + s.q_lora_rank * s.q_dim if s.q_lora_rank else s.dim * s.q_dim
+    nope = s.head_dim - s.rope_head_dim
+    kv = s.dim * (s.kv_lora_rank + s.rope_head_dim) + s.kv_lora_rank + s.kv_lora_rank * s.n_heads * (nope + s.v_dim)
+    return q + kv + s.n_heads * s.v_dim * s.dim
 
 
 def decoder_flops_per_token(s: ModelShape, seq_len: int) -> float:
     """Training FLOPs (forward + backward) per token, the numerator of MFU:
 
-        6 * (params - embedding table) + 12 * n_layers * n_heads * head_dim * seq_len
+        6 * (params - embedding table) + 6 * n_layers * n_heads * (head_dim + v_head_dim) * seq_len
 
     N counts the active parameters of a mixture of experts (top_k of the routed experts).
     6N: each weight does one multiply-add (2 FLOPs) forward and two backward. The table lookup does
     no math and is left out; the output projection is a matmul and is counted even when it shares
     its weight with the table (tied). The second term is QK^T and AV (2 matmuls x 2 FLOPs x 3 for
     forward + backward) over the full seq_len x seq_len square, the usual convention, although a
-    causal mask skips half of it. (torchtitan leaves a tied output projection out.)
+    causal mask skips half of it; with v_head_dim = head_dim it is 12 n_layers n_heads head_dim seq_len.
+    (torchtitan leaves a tied output projection out.) Multi-token prediction modules count as
+    blocks, and each runs the output projection once more.
     """
     dense = decoder_params(s, exclude_embedding=True, active=True) + (s.vocab_size * s.dim if s.tie_embeddings else 0)
-    return float(6 * dense + 12 * s.n_layers * s.q_dim * seq_len)
+    dense += s.mtp_layers * s.vocab_size * s.dim
+    layers = s.n_layers + s.mtp_layers
+    return float(6 * dense + 6 * layers * s.n_heads * (s.head_dim + s.v_dim) * seq_len)
 
 
 def rope_buffers(model: nn.Module) -> list[tuple[Any, int]]:

@@ -22,11 +22,17 @@ _TINY_FIELDS: dict[str, dict[str, Any]] = {
     "llama3": {},
     "qwen3": dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32, hidden_dim=128, vocab_size=256,
                   max_seq_len=64, tie_embeddings=False),
+    # dense (the routed experts need an expert mesh under TP: titan-parallel's tests cover them),
+    # with the q low-rank path and a value head narrower than the q/k head
+    "deepseek_v3": dict(dim=64, n_layers=2, n_heads=4, q_lora_rank=32, kv_lora_rank=16, qk_nope_dim=16,
+                        qk_rope_dim=8, v_head_dim=8, hidden_dim=128, vocab_size=256, max_seq_len=64,
+                        tie_embeddings=False, moe=None),
 }
 
 
 def tiny_args(family: str, **overrides: Any):
-    """Tiny args of any registered family (4 heads over 2 kv heads, 2 layers, vocab 256)."""
+    """Tiny args of any registered family (4 heads, over 2 kv heads where the family groups them;
+    2 layers, vocab 256)."""
     spec = get_model_spec(family)
     if family == "llama3":
         return tiny_llama_args(**overrides)
@@ -36,4 +42,20 @@ def tiny_args(family: str, **overrides: Any):
 
 FAMILIES = tuple(_TINY_FIELDS)
 
-__all__ = ["FAMILIES", "TINY", "tiny_args", "tiny_llama_args"]
+
+def from_hf_weights(spec, args, hf_state_dict: dict):
+    """A CPU model of `args` holding the HF-named weights (through the family's adapter), as a
+    user loading a checkpoint gets it: built on meta, the RoPE table initialized, weights loaded
+    strictly. Returns (model, adapter)."""
+    import torch
+
+    adapter = spec.state_dict_adapter(args)
+    with torch.device("meta"):
+        model = spec.build(args)
+    model.to_empty(device="cpu")
+    model.init_weights()  # the RoPE table; the weights come from the state dict
+    model.load_state_dict(adapter.from_hf(hf_state_dict), strict=True)
+    return model, adapter
+
+
+__all__ = ["FAMILIES", "TINY", "from_hf_weights", "tiny_args", "tiny_llama_args"]

@@ -9,6 +9,7 @@ one home. Nothing here needs a process group or builds a model.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,11 +186,30 @@ def model_args(cfg: JobConfig, spec, vocab_size: int, dims: ParallelDims, eos_id
         sdpa_kernels=tuple(m.sdpa_kernels), eos_id=eos_id if m.attn_mask == "block_causal" else None,
         # context parallel keeps the path it was checked on: k/v repeated to all heads
         repeat_kv=dims.cp > 1,
-        moe_load_balance_coeff=cfg.moe.load_balance_coeff, moe_aux_loss=cfg.moe.aux_loss_weight)
+        moe_load_balance_coeff=cfg.moe.load_balance_coeff, moe_aux_loss=cfg.moe.aux_loss_weight,
+        **_mtp_options(cfg, spec))
     args = spec.with_options(spec.args_for(m.flavor), options)
     spec.validate(args, tp=dims.tp, cp=dims.cp, pp=dims.pp, names={**DEGREE_KEYS, "max_seq_len": "training.seq_len"})
     _check_moe(cfg, spec.shape(args), dims)
     return args
+
+
+def _mtp_options(cfg: JobConfig, spec) -> dict:
+    """RunOptions fields for multi-token prediction, when asked for and the family has it."""
+    m = cfg.model
+    if m.mtp_layers < 0 or m.mtp_loss_weight < 0:
+        raise ConfigError(f"model.mtp_layers = {m.mtp_layers} and model.mtp_loss_weight = {m.mtp_loss_weight} "
+                          "must be >= 0 (mtp_layers 0: off)")
+    if m.mtp_layers == 0:
+        return {}
+    if not any(f.name == "mtp_layers" for f in dataclasses.fields(next(iter(spec.flavors.values())))):
+        from titan_models import MODEL_SPECS
+
+        have = [n for n, s in MODEL_SPECS.items()
+                if any(f.name == "mtp_layers" for f in dataclasses.fields(next(iter(s.flavors.values()))))]
+        raise ConfigError(f"model.mtp_layers = {m.mtp_layers}: {m.name} has no multi-token prediction modules "
+                          f"(families with them: {', '.join(have)}); set it to 0")
+    return {"mtp_layers": m.mtp_layers, "mtp_loss_weight": m.mtp_loss_weight}
 
 
 def _check_moe(cfg: JobConfig, shape, dims: ParallelDims) -> None:

@@ -48,32 +48,33 @@ class SDPACore(nn.Module):
     cuDNN's fused attention is faster than the flash kernel torch picks by default.
     """
 
-    def __init__(self, kernels: tuple[str, ...] = ()) -> None:
+    def __init__(self, kernels: tuple[str, ...] = (), scale: float | None = None) -> None:
         super().__init__()
         self.kernels = tuple(kernels)
+        self.scale = scale  # softmax scale; None: 1 / sqrt(q's head dim)
         self._backends = sdpa_backends(self.kernels) if self.kernels else None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         if self._backends is None:
-            return self._attend(q, k, v, mask)
+            return self._attend(q, k, v, mask, self.scale)
         from torch.nn.attention import sdpa_kernel
 
         with sdpa_kernel(self._backends, set_priority=True):
-            return self._attend(q, k, v, mask)
+            return self._attend(q, k, v, mask, self.scale)
 
     @staticmethod
-    def _attend(q, k, v, mask):
+    def _attend(q, k, v, mask, scale=None):
         gqa = k.shape[1] != q.shape[1]
         if mask is None:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa, scale=scale)
 
 
 _compiled_flex = None
 
 
-def _flex(q, k, v, block_mask):
+def _flex(q, k, v, block_mask, scale=None):
     """FlexAttention: fused by the surrounding torch.compile when there is one, else compiled on
     its own on accelerators. On CPU it runs eagerly (the unfused reference: it materializes the
     scores, forward only), which is what tests and debugging need."""
@@ -82,7 +83,7 @@ def _flex(q, k, v, block_mask):
 
     gqa = k.shape[1] != q.shape[1]
     if torch.compiler.is_compiling():
-        return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=gqa)
+        return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=gqa, scale=scale)
     if q.device.type == "cpu":
         if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
             raise ModelConfigError(
@@ -90,30 +91,32 @@ def _flex(q, k, v, block_mask):
                 "backward): use attn_backend='sdpa', which also supports attn_mask='block_causal'")
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-            return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=gqa)
+            return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=gqa, scale=scale)
     if _compiled_flex is None:
         _compiled_flex = torch.compile(flex_attention, dynamic=False)
-    return _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=gqa)
+    return _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=gqa, scale=scale)
 
 
 class FlexCore(nn.Module):
     """FlexAttention under a BlockMask (causal, or causal within documents). With mask None it
     uses a causal BlockMask for q's length (normally the Transformer passes one in)."""
 
-    def __init__(self) -> None:
+    def __init__(self, scale: float | None = None) -> None:
         super().__init__()
+        self.scale = scale
         self._causal_cache: dict = {}
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None) -> torch.Tensor:
         if mask is None:
             mask = causal_block_mask(q.shape[2], q.device, self._causal_cache)
-        return _flex(q, k, v, mask)
+        return _flex(q, k, v, mask, self.scale)
 
 
-def make_core(backend: str, sdpa_kernels: tuple[str, ...] = ()) -> nn.Module:
+def make_core(backend: str, sdpa_kernels: tuple[str, ...] = (), scale: float | None = None) -> nn.Module:
+    """The attention core; scale: the softmax scale (None: 1 / sqrt(q's head dim))."""
     if backend not in BACKENDS:
         raise unknown_name("attn_backend", backend, BACKENDS)
-    return SDPACore(sdpa_kernels) if backend == "sdpa" else FlexCore()
+    return SDPACore(sdpa_kernels, scale) if backend == "sdpa" else FlexCore(scale)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import torch
 from titan_models import init as winit
 from titan_models.common.attention import Attention, AttentionShape
 from titan_models.common.masks import MaskBuilder
+from titan_models.common.mla import MLA, MLAShape
 from titan_models.common.mlp import FeedForward
 from titan_models.common.rope import rope_table
 from torch import nn
@@ -29,13 +30,14 @@ from torch import nn
 
 class DecoderBlock(nn.Module):
     """Pre-norm block: x + attention(norm(x)), then h + feed_forward(norm(h)) (or moe(norm(h)):
-    a mixture-of-experts block has `moe` where a dense one has `feed_forward`)."""
+    a mixture-of-experts block has `moe` where a dense one has `feed_forward`). The attention is
+    grouped-query (AttentionShape) or multi-head latent (MLAShape, DeepSeek)."""
 
-    def __init__(self, attention: AttentionShape, hidden_dim: int, norm_eps: float,
+    def __init__(self, attention: AttentionShape | MLAShape, hidden_dim: int, norm_eps: float,
                  feed_forward: nn.Module | None = None, *, moe: nn.Module | None = None) -> None:
         super().__init__()
         self.attention_norm = nn.RMSNorm(attention.dim, eps=norm_eps)
-        self.attention = Attention(attention)
+        self.attention = MLA(attention) if isinstance(attention, MLAShape) else Attention(attention)
         self.ffn_norm = nn.RMSNorm(attention.dim, eps=norm_eps)
         if moe is not None:
             self.moe = moe
@@ -53,9 +55,12 @@ class Decoder(nn.Module):
     """Built on the current default device; a model built on a real device is initialized at
     once, one built on meta waits for to_empty() and init_weights().
 
-    block(i) builds block i; rope_dim is the width RoPE rotates (the head dim)."""
+    block(i) builds block i; rope_dim is the width RoPE rotates (the head dim); extra: more
+    top-level modules of the family (e.g. DeepSeek V3's multi-token prediction modules), set
+    before the weights are initialized."""
 
-    def __init__(self, args, block: Callable[[int], nn.Module], rope_dim: int) -> None:
+    def __init__(self, args, block: Callable[[int], nn.Module], rope_dim: int,
+                 extra: dict[str, nn.Module] | None = None) -> None:
         super().__init__()
         self.args = args
         self.rope_dim = rope_dim
@@ -63,6 +68,8 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleDict({str(i): block(i) for i in range(args.n_layers)})
         self.norm: nn.RMSNorm | None = nn.RMSNorm(args.dim, eps=args.norm_eps)
         self.output: nn.Linear | None = nn.Linear(args.dim, args.vocab_size, bias=False)
+        for name, module in (extra or {}).items():
+            setattr(self, name, module)
         # Not persistent: recomputed by init_weights, never checkpointed. Sequence on dim 0 so
         # context parallel can shard it together with the tokens.
         self.register_buffer("freqs_cis", self._rope_table(None), persistent=False)
@@ -95,6 +102,13 @@ class Decoder(nn.Module):
         Returns logits [batch, seq, vocab] (hidden states without `output`). `mask_tokens`: the
         token ids, needed for attn_mask="block_causal" by stages without tok_embeddings.
         """
+        h = self.hidden(tokens, mask_tokens=mask_tokens)
+        if self.norm is not None:
+            h = self.norm(h)
+        return self.output(h) if self.output is not None else h
+
+    def hidden(self, tokens: torch.Tensor, *, mask_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """The blocks' output [batch, seq, dim] before the final norm (see forward)."""
         if self.tok_embeddings is not None:
             h = self.tok_embeddings(tokens)
             mask_tokens = tokens if mask_tokens is None else mask_tokens
@@ -104,9 +118,7 @@ class Decoder(nn.Module):
         for layer in self.layers.values():
             # The whole table: attention takes the rows for its (possibly all-gathered) length.
             h = layer(h, self.freqs_cis, mask)
-        if self.norm is not None:
-            h = self.norm(h)
-        return self.output(h) if self.output is not None else h
+        return h
 
     def reset_rope(self) -> None:
         """Recompute the RoPE table in float32 (e.g. after casting the model to bf16 for inference)."""
@@ -159,7 +171,7 @@ class Decoder(nn.Module):
                 proj = rest[1]      # attention.wq.weight, feed_forward.w1.weight
             else:
                 proj = ""
-            if proj in ("wq", "wk", "wv", "w1"):
+            if proj in ("wq", "wk", "wv", "w1", "wq_a", "wq_b", "wkv_a", "wkv_b"):  # (the last four: MLA)
                 return winit.trunc_normal(0.02)
             if proj in ("wo", "w2", "w3"):
                 return deep

@@ -16,11 +16,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from titan_models.common.extra_loss import attach_loss
 from titan_models.common.mlp import FeedForward
 from titan_models.errors import ModelConfigError
 from torch import nn
 
 SCORE_FUNCS = ("softmax", "sigmoid")
+GROUP_SCORES = ("top2_sum", "max")
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,8 @@ class MoEShape:
     score_func: softmax (Qwen 3, DeepSeek 16B) or sigmoid (DeepSeek V3, Llama 4) over the router
     logits, in float32. route_norm: renormalize the k selected scores to sum to 1. route_scale:
     multiply them. n_groups / topk_groups: group-limited routing (DeepSeek V3: experts in 8 groups,
-    tokens choose within the 4 groups whose two best scores sum highest). score_before_experts:
+    tokens choose within the 4 groups whose two best scores sum highest; group_score="max": ranked by
+    their best score, as DeepSeek V2's group_limited_greedy). score_before_experts:
     scale the expert inputs instead of outputs (Llama 4). load_balance_coeff: None, or the step of
     the aux-loss-free bias update (DeepSeek V3: 1e-3), which needs the expert_bias buffer. aux_loss
     (alpha): the sequence-wise balance loss weight (DeepSeek V3 eq. 17-20), 0 = off.
@@ -45,6 +48,7 @@ class MoEShape:
     route_scale: float = 1.0
     n_groups: int = 1
     topk_groups: int = 1
+    group_score: str = "top2_sum"    # "top2_sum" (DeepSeek V3) | "max" (DeepSeek V2)
     gate_bias: bool = False
     score_before_experts: bool = False
     load_balance_coeff: float | None = None
@@ -56,6 +60,8 @@ class MoEShape:
             p.append(f"score_func={self.score_func!r} is not one of {SCORE_FUNCS}")
         if not 1 <= self.top_k <= self.n_experts:
             p.append(f"top_k={self.top_k} must be within 1..n_experts={self.n_experts}")
+        if self.group_score not in GROUP_SCORES:
+            p.append(f"group_score={self.group_score!r} is not one of {GROUP_SCORES}")
         if self.n_experts % self.n_groups:
             p.append(f"n_experts={self.n_experts} is not divisible by n_groups={self.n_groups}")
         elif self.n_groups > 1 and not (1 <= self.topk_groups <= self.n_groups
@@ -92,10 +98,14 @@ class TokenChoiceRouter(nn.Module):
         return top * s.route_scale, experts, scores
 
     def _limit_groups(self, choice: torch.Tensor) -> torch.Tensor:
-        """Keep the topk_groups groups whose best two scores sum highest; others can't be chosen."""
+        """Keep the topk_groups groups whose best two scores sum highest (or whose best score is
+        highest); the others' experts can't be chosen."""
         s = self.s
         grouped = choice.unflatten(-1, (s.n_groups, -1))
-        best = grouped.topk(min(2, grouped.shape[-1]), dim=-1).values.sum(-1)  # [T, n_groups]
+        if s.group_score == "max":
+            best = grouped.max(dim=-1).values
+        else:
+            best = grouped.topk(min(2, grouped.shape[-1]), dim=-1).values.sum(-1)  # [T, n_groups]
         keep = torch.zeros_like(best, dtype=torch.bool).scatter_(-1, best.topk(s.topk_groups, dim=-1).indices, True)
         return grouped.masked_fill(~keep.unsqueeze(-1), float("-inf")).flatten(-2)
 
@@ -151,8 +161,8 @@ class MoE(nn.Module):
     Buffers: `tokens_per_expert` [E] (float32, not saved): tokens routed to each expert in
     training forwards since the last balance update (not counted again when activation
     checkpointing recomputes a forward during backward); `expert_bias` [E] (float32, saved): added
-    to the scores for the choice only; zeros unless load_balance_coeff is set, when the trainer
-    moves it toward balance once per optimizer step (see `balance_update`).
+    to the scores for the choice only; the trainer moves it toward balance once per optimizer step
+    when load_balance_coeff is set (see `balance_update`), a checkpoint may bring it, else zeros.
     """
 
     def __init__(self, dim: int, s: MoEShape) -> None:
@@ -178,8 +188,9 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, shape[-1])
-        bias = self.expert_bias if self.s.load_balance_coeff is not None else None
-        scores, experts, all_scores = self.router(x, bias)
+        # Always added (zeros unless trained or loaded, e.g. DeepSeek V3's e_score_correction_bias):
+        # a loaded bias is part of the model's routing whether or not this run updates it.
+        scores, experts, all_scores = self.router(x, self.expert_bias)
         k = self.s.top_k
         flat = experts.flatten()
         # scatter_add, not bincount: bincount's output size depends on the data (a GPU sync).
@@ -204,7 +215,7 @@ class MoE(nn.Module):
         if self.shared_experts is not None:
             combined = combined + self.shared_experts(x)
         if self.training and self.s.aux_loss > 0:
-            combined = _AttachAux.apply(combined, self._aux_loss(all_scores, experts, shape))
+            combined = attach_loss(combined, self._aux_loss(all_scores, experts, shape))
         return combined.reshape(shape)
 
     def _aux_loss(self, scores: torch.Tensor, experts: torch.Tensor, shape) -> torch.Tensor:
@@ -239,22 +250,6 @@ class _GatherRows(torch.autograd.Function):
         if ctx.repeats > 1:
             rows = rows.view(-1, ctx.repeats, grad.shape[-1]).sum(1)
         return rows, None, None, None
-
-
-class _AttachAux(torch.autograd.Function):
-    """Adds d(aux)/d(router) to backward without changing the forward value: the balance loss
-    joins the training loss's gradient without the model returning it (so pipeline schedules,
-    activation checkpointing and loss functions see only logits)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(aux)
-        return x
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (aux,) = ctx.saved_tensors
-        return grad, torch.ones_like(aux)
 
 
 def moe_layers(model: nn.Module) -> list[MoE]:

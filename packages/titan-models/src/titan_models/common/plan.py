@@ -12,6 +12,7 @@ the vocabulary (a DTensor, Shard(-1)) for torch's loss_parallel() cross-entropy.
 (Qwen 3) see this rank's heads: their weights are replicated with the heads dim (2) as the sharded
 one, so each rank's weight gradient is a partial sum that is reduced like a sequence-parallel norm's.
 Biases of wo / w2 (row-parallel) are added once, by torch's RowwiseParallel, after the reduction.
+Multi-head latent attention (DeepSeek) has its own attention entries: see _mla_plan.
 
 Mixture-of-experts blocks keep their sequence shard: each TP rank routes its own tokens (no
 all-gather before the router, no reduce-scatter after the experts). The router gate and shared
@@ -25,7 +26,7 @@ whose gradient reduction sums the TP ranks' shares.
 from __future__ import annotations
 
 from torch import nn
-from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     ParallelStyle,
@@ -75,16 +76,21 @@ def decoder_tp_plan(model: nn.Module, *, sequence_parallel: bool = True,
             "layers.*.moe.router.gate": SequenceParallel(sequence_dim=0, use_local_output=True),
         })
         if any(getattr(b, "moe", None) is not None and b.moe.shared_experts is not None for b in blocks):
-            plan["layers.*.moe.shared_experts"] = SequenceParallel(sequence_dim=0, use_local_output=True)
-    if block is not None and getattr(block.attention, "q_norm", None) is not None:
-        plan.update({"layers.*.attention.q_norm": SequenceParallel(sequence_dim=2, use_local_output=True),
-                     "layers.*.attention.k_norm": SequenceParallel(sequence_dim=2, use_local_output=True)})
-    plan.update({
-        "layers.*.attention.wq": ColwiseParallel(),
-        "layers.*.attention.wk": ColwiseParallel(),
-        "layers.*.attention.wv": ColwiseParallel(),
-        "layers.*.attention.wo": RowwiseParallel(output_layouts=seq),
-    })
+            # one entry per linear: SequenceParallel replicates only a module's own parameters
+            for w in ("w1", "w2", "w3"):
+                plan[f"layers.*.moe.shared_experts.{w}"] = SequenceParallel(sequence_dim=0, use_local_output=True)
+    if block is not None and hasattr(block.attention, "wkv_a"):
+        plan.update(_mla_plan(block.attention, seq, sequence_parallel))
+    else:
+        if block is not None and getattr(block.attention, "q_norm", None) is not None:
+            plan.update({"layers.*.attention.q_norm": SequenceParallel(sequence_dim=2, use_local_output=True),
+                         "layers.*.attention.k_norm": SequenceParallel(sequence_dim=2, use_local_output=True)})
+        plan.update({
+            "layers.*.attention.wq": ColwiseParallel(),
+            "layers.*.attention.wk": ColwiseParallel(),
+            "layers.*.attention.wv": ColwiseParallel(),
+            "layers.*.attention.wo": RowwiseParallel(output_layouts=seq),
+        })
     if any(hasattr(b, "feed_forward") for b in blocks):
         plan.update({
             "layers.*.feed_forward.w1": ColwiseParallel(),
@@ -94,3 +100,65 @@ def decoder_tp_plan(model: nn.Module, *, sequence_parallel: bool = True,
     if sequence_parallel and not any(hasattr(b, "feed_forward") for b in blocks):
         plan.pop("layers.*.feed_forward", None)
     return plan
+
+
+def _mla_plan(attention: nn.Module, seq, sequence_parallel: bool) -> dict[str, ParallelStyle]:
+    """Multi-head latent attention (common.mla): heads split, latent path replicated.
+
+    wq (or wq_b) and wkv_b are column-parallel (this rank's heads), wo row-parallel. wq_a, q_norm,
+    wkv_a and kv_norm compute the same on every rank from the gathered input (their weights are
+    Replicate DTensors, so optimizers and clipping see one kind of parameter): their outputs'
+    gradients arrive summed over the ranks (the column-parallel inputs' backward all-reduces),
+    except the RoPE key every head shares, whose gradient on each rank comes from its own heads
+    only: `shared_key` sums it over the ranks. The block's input is gathered to a plain tensor.
+    """
+    plan: dict[str, ParallelStyle] = {}
+    if sequence_parallel:
+        plan["layers.*.attention"] = PrepareModuleInput(
+            input_layouts=(Shard(1), None, None), desired_input_layouts=(Replicate(), None, None),
+            use_local_output=True)
+    q = "wq_b" if hasattr(attention, "wq_b") else "wq"
+    for name in ("wq_a", "q_norm", "wkv_a", "kv_norm"):
+        if hasattr(attention, name):
+            plan[f"layers.*.attention.{name}"] = Replicated()
+    plan.update({
+        f"layers.*.attention.{q}": ColwiseParallel(),
+        "layers.*.attention.wkv_b": ColwiseParallel(),
+        "layers.*.attention.shared_key": SumGradient(),
+        "layers.*.attention.wo": RowwiseParallel(output_layouts=seq),
+    })
+    return plan
+
+
+class SumGradient(ParallelStyle):
+    """Identity in forward; in backward the module input's gradient is summed over the mesh (for a
+    replicated tensor that each rank uses with a different shard of the weights)."""
+
+    def _apply(self, module: nn.Module, device_mesh) -> nn.Module:
+        def mark_partial(_module, inputs):
+            x = DTensor.from_local(inputs[0], device_mesh, [Replicate()], run_check=False)
+            # to_local's gradient is declared Partial, so from_local's backward all-reduces it
+            return (x.to_local(grad_placements=[Partial()]), *inputs[1:])
+
+        module.register_forward_pre_hook(mark_partial)
+        return module
+
+
+class Replicated(ParallelStyle):
+    """The module's own parameters as Replicate DTensors; it takes and returns plain tensors (the
+    same values on every rank), so its gradients are the plain, already complete ones."""
+
+    def _apply(self, module: nn.Module, device_mesh) -> nn.Module:
+        from torch.distributed.tensor import distribute_module, distribute_tensor
+
+        def replicate(_name, mod, mesh):
+            for p_name, param in list(mod.named_parameters(recurse=False)):
+                mod.register_parameter(p_name, nn.Parameter(distribute_tensor(param, mesh, [Replicate()])))
+
+        def to_dtensor(_module, inputs, mesh):
+            return tuple(DTensor.from_local(x, mesh, [Replicate()], run_check=False) for x in inputs)
+
+        def to_local(_module, outputs, mesh):
+            return outputs.to_local()
+
+        return distribute_module(module, device_mesh, replicate, input_fn=to_dtensor, output_fn=to_local)

@@ -49,6 +49,8 @@ IGNORED: dict[str, str] = {
     "activation_checkpoint.early_stop": "Titan uses torch's default (stop recomputing early)",
     "activation_checkpoint.memory_budget": "only read by mode = 'memory_budget', which Titan has not",
     "activation_checkpoint.visualize_memory_budget_pareto": "only read by mode = 'memory_budget'",
+    "checkpoint.initial_load_in_hf_quantized": "Titan finds FP8 block-quantized HF weights (weight_scale_inv) "
+                                               "in the files and dequantizes them while loading",
 }
 IGNORED_SECTIONS: dict[str, str] = {  # inert without a switch that Titan refuses
     "mx.": "MXFP8 (converter 'mx'), which Titan does not have",
@@ -68,10 +70,11 @@ DEFAULT_ONLY: dict[str, tuple[tuple[Any, ...], str]] = {
     "parallelism.pipeline_parallel_last_stage_less_layers": ((1,), "another weight for the output stage"),
     "parallelism.pipeline_parallel_schedule_csv": (("", None), "schedules read from a CSV file"),
     "parallelism.enable_compiled_autograd": ((False,), "compiled autograd"),
+    "parallelism.expert_tensor_parallel_degree": ((1,), "tensor parallel inside the experts (torchtitan main "
+                                                        "dropped it; Titan shards experts by expert parallel and FSDP)"),
     "optimizer.early_step_in_backward": ((False,), "optimizer steps inside backward"),
     "training.gc_debug": ((False,), "a garbage collection every step"),
     "checkpoint.load_only": ((False,), "runs that load but never save (set checkpoint.interval high instead)"),
-    "checkpoint.initial_load_in_hf_quantized": ((False,), "dequantizing quantized HF weights while loading"),
     "debug.deterministic_warn_only": ((False,), "deterministic mode that only warns"),
     "lr_scheduler.total_steps": ((None,), "a schedule longer than training.steps: set training.steps to the "
                                           "schedule's length and training.stop_at_step to where this run ends"),

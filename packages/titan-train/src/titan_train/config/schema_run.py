@@ -37,6 +37,10 @@ class Model:
     attn_mask: str = opt("causal", "causal, or block_causal: no attention across documents (EOS-separated)",
                          choices=("causal", "block_causal"))
     print_after_conversion: bool = opt(False, "print the model after float8 conversion")
+    mtp_layers: int = opt(0, "multi-token prediction modules (deepseek_v3; DeepSeek V3 has 1): module k also "
+                             "predicts the token k + 1 ahead; 0: off")
+    mtp_loss_weight: float = opt(0.3, "weight of the multi-token prediction loss added to the gradient "
+                                      "(DeepSeek V3: 0.3, later 0.1)")
 
 
 @dataclass

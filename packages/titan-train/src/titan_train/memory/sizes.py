@@ -1,10 +1,12 @@
 """Per-rank parameter sizes from the real appliers, on the meta device, under a fake world.
 
-A one-layer copy of the model (same widths, vocabulary and plan) is built on the meta device and
+A short copy of the model (same widths, vocabulary and plan) is built on the meta device and
 parallelized by the trainer's own `parallelize_part` (TP plan, then FSDP / HSDP / DDP) inside a
 fake process group of the job's world size, so shard shapes, FSDP's dim-0 padding and the TP
-plan are exactly the trainer's. Layers are identical, so one is enough: the estimate multiplies.
-Nothing is allocated; 405B on 512 ranks takes about a second.
+plan are exactly the trainer's. Blocks of one kind are identical, so one of each is enough: the
+estimate multiplies. The copy has one block, or, for a model with dense and mixture-of-experts
+blocks (DeepSeek V3's dense first layers), the fewest blocks that hold both kinds. Nothing is
+allocated; 405B on 512 ranks takes about a second.
 
 A process that already has a default process group (the trainer calling `precheck`) cannot
 open a fake one, so it runs the same measurement in a subprocess.
@@ -39,23 +41,27 @@ class GroupSize:
 @dataclass(frozen=True)
 class ParamSizes:
     embedding: GroupSize
-    block: GroupSize     # one transformer block
-    norm: GroupSize
+    block: GroupSize     # one transformer block (a mixture-of-experts one where the model has both kinds)
+    norm: GroupSize      # everything else outside the blocks (final norm; multi-token prediction modules)
     output: GroupSize
     tied: bool           # output.weight is the embedding table (same stage only)
+    dense_block: GroupSize | None = None  # one dense block, where the model also has MoE blocks
+    n_dense: int = 0                      # how many of the model's blocks are dense (the first ones)
 
 
 def _clean(fqn: str) -> str:
     return fqn.replace("_orig_mod.", "").replace("_checkpoint_wrapped_module.", "")
 
 
-def _group(fqn: str, spec) -> str:
-    """embedding / block / output / norm (the other head modules), by the spec's module roles."""
-    top = _clean(fqn).split(".")[0]
+def _group(fqn: str, spec, dense: set[str] = frozenset()) -> str:
+    """embedding / block / dense_block / output / norm (the other head modules), by the spec's
+    module roles; `dense`: names of the dense blocks ("layers.0") in a model with both kinds."""
+    parts = _clean(fqn).split(".")
+    top = parts[0]
     if top == spec.embedding:
         return "embedding"
     if top == spec.blocks:
-        return "block"
+        return "dense_block" if ".".join(parts[:2]) in dense else "block"
     return "output" if top == spec.output else "norm"
 
 
@@ -85,35 +91,50 @@ def _tp_factor(p: torch.Tensor) -> int:
     return factor
 
 
-GROUPS = ("embedding", "block", "norm", "output")
+GROUPS = ("embedding", "block", "dense_block", "norm", "output")
 
 
-def _sizes(model: nn.Module, float8_names: set[str], spec) -> dict[str, GroupSize]:
+def _sizes(model: nn.Module, float8_names: set[str], spec, dense: set[str], n_moe: int) -> dict[str, GroupSize]:
+    """Elements per group; blocks divided per block (`n_moe` MoE blocks, the `dense` ones)."""
     stored = dict.fromkeys(GROUPS, 0)
     gathered = dict.fromkeys(GROUPS, 0)
     fp8 = dict.fromkeys(GROUPS, 0)
     for name, p in model.named_parameters():
-        g = _group(name, spec)
+        g = _group(name, spec, dense)
         stored[g] += p.to_local().numel() if hasattr(p, "to_local") else p.numel()
         full = p.numel() // _tp_factor(p)
         gathered[g] += full
         if _clean(name) in float8_names:
             fp8[g] += full
-    return {g: GroupSize(stored[g], gathered[g], fp8[g]) for g in GROUPS}
+    per = {"block": max(1, n_moe), "dense_block": max(1, len(dense))}
+    return {g: GroupSize(*(-(-x[g] // per.get(g, 1)) for x in (stored, gathered, fp8))) for g in GROUPS}
+
+
+def _short_copy(spec, args):
+    """The fewest blocks that hold one of each kind the model has (1 for a uniform model)."""
+    from titan_models import RunOptions
+
+    full = spec.shape(args)
+    mixed = 0 < full.moe_layers < full.n_layers
+    for n in range(1, full.n_layers + 1):
+        # Untied, so embedding and output are counted apart (the estimate shares them when tied).
+        small = spec.with_options(args, RunOptions(n_layers=n, tie_embeddings=False))
+        moe = spec.shape(small).moe_layers
+        if not mixed or 0 < moe < n:
+            return small, full.n_layers - full.moe_layers if mixed else 0
+    return small, 0
 
 
 def measure(cfg: JobConfig, layout: Layout) -> ParamSizes:
     """Build, parallelize and count (needs no process group in this process)."""
     from titan_mesh import ParallelDims
     from titan_mesh.testing import fake_world
-    from titan_models import RunOptions
 
     from titan_train.trainer.build_model import parallelize_part
 
     run = layout.run
     spec = run.spec
-    # Untied, so embedding and output are counted apart (the estimate shares them when tied).
-    small = spec.with_options(run.args, RunOptions(n_layers=1, tie_embeddings=False))
+    small, n_dense = _short_copy(spec, run.args)
     # Only TP and data parallelism change sizes; AC, compile and async TP are left out here.
     quiet = dataclasses.replace(run, parallel=dataclasses.replace(run.parallel, ac=None, compile=None, async_tp=False))
     d = run.dims
@@ -123,11 +144,14 @@ def measure(cfg: JobConfig, layout: Layout) -> ParamSizes:
         dims.build_mesh("cpu", experts=run.moe)
         with torch.device("meta"):
             model = spec.build(small)
+        blocks = getattr(model, spec.blocks)
+        dense = {f"{spec.blocks}.{name}" for name, b in blocks.named_children() if n_dense and not hasattr(b, "moe")}
         f8 = _float8_names(model, layout)
         parallelize_part(model, quiet, dims)
-        sizes = _sizes(model, f8, spec)
+        sizes = _sizes(model, f8, spec, dense, len(blocks) - len(dense))
     return ParamSizes(sizes["embedding"], sizes["block"], sizes["norm"], sizes["output"],
-                      tied=spec.shape(run.args).tie_embeddings)
+                      tied=spec.shape(run.args).tie_embeddings,
+                      dense_block=sizes["dense_block"] if n_dense else None, n_dense=n_dense)
 
 
 def param_sizes(cfg: JobConfig, layout: Layout) -> ParamSizes:

@@ -19,6 +19,7 @@ from titan_train.trainer.build_model import apply_converters, parallelize_part
 from titan_train.trainer.hardware import device_peak
 from titan_train.trainer.metrics import MetricsLogger, MetricsSettings
 from titan_train.trainer.moe import LoadBalance
+from titan_train.trainer.mtp import MTPLoss
 from titan_train.trainer.optim import (
     OptimizerSettings,
     ScheduleSettings,
@@ -164,7 +165,7 @@ def build_run(cfg: JobConfig, resume: checkpointing.Resume | None = None) -> Run
               optimizers=optimizers, schedulers=schedulers, loader=loader, step_runner=runner, metrics=metrics,
               state=TrainState(), loss_mesh=loss_mesh, pp_mesh=pp_mesh, peak=device_peak(device),
               validator=validator, profiler=make_profiler(cfg, layout.info.rank, device), schedule=schedule,
-              dims=dims, moe=balance)
+              dims=dims, moe=balance, mtp=MTPLoss(parts, loss_mesh, loss_scale=1.0 / plan.batch.accum_steps) or None)
     if layout.info.world_size > 1:  # the init timeout covers set-up and the first step
         run.after_first_step = lambda: set_collective_timeout(cfg.comm.train_timeout_seconds,
                                                               dims.process_groups())

@@ -97,6 +97,8 @@ class MetricsLogger:
             parts.append(f"{c['mfu']}mfu {r['mfu']:.1f}%{c['end']}")
         if "moe_max_share" in r:  # the busiest expert's share of its layer's tokens (even: top_k / experts)
             parts.append(f"moe max {100 * r['moe_max_share']:.0f}%")
+        if "mtp_loss" in r:  # multi-token prediction's cross-entropy (before its weight)
+            parts.append(f"mtp {r['mtp_loss']:.4f}")
         if "data_loading_pct" in r:
             parts.append(f"data {r['data_loading_pct']:.0f}%")
         parts.append(f"eta {_fmt_eta((steps_total - r['step']) * step_time_s)}")

@@ -41,6 +41,7 @@ class Run:
     schedule: Any = None                 # the LR schedule's ScheduleSettings
     dims: Any = None                     # titan_mesh.ParallelDims: close() destroys its groups
     moe: Any = None                      # trainer.moe.LoadBalance of a mixture of experts, or None
+    mtp: Any = None                      # trainer.mtp.MTPLoss of multi-token prediction, or None
     validator: Callable[[], float] | None = None
     profiler: Callable[[], Any] = contextlib.nullcontext
     after_first_step: Callable[[], None] | None = None   # e.g. lower the collective timeout
@@ -65,6 +66,8 @@ class Run:
             record["mfu"] = 100.0 * tflops * 1e12 / peak
         if self.moe is not None:
             record.update(self.moe.metrics())
+        if self.mtp is not None:
+            record.update(self.mtp.metrics())
         return record
 
     def global_loss(self, local: torch.Tensor) -> torch.Tensor:
