@@ -4,7 +4,8 @@ batches to the same loss and grad norm, step by step, as one process (fp32 on CP
 - `qwen3 debugmodel_moe` under EP 2 (2 ranks), FSDP 4 x EP 2, FSDP 2 x TP 2 x EP 2 and
   PP 2 x FSDP 2 x EP 2 (4 ranks);
 - `deepseek_v3 debugmodel` (latent attention, dense first block, sigmoid group-limited routing,
-  a shared expert) under EP 2 and TP 2 (2 ranks) and FSDP 2 x EP 2 (4 ranks); with multi-token
+  a shared expert) under EP 2 and TP 2 (2 ranks), FSDP 2 x EP 2 and PP 2 x FSDP 2 x EP 2 with full
+  activation checkpointing (4 ranks); with multi-token
   prediction on, one process against FSDP 2 x EP 2 (the MTP loss logged and equal too).
 A run checkpointed at EP 2 resumes at EP 1 (FSDP only) with the losses of the uninterrupted run,
 and the expert biases it saved."""
@@ -28,7 +29,10 @@ FAMILIES = {
     "deepseek_v3": (["--model.name", "deepseek_v3", "--model.flavor", "debugmodel", *STEPS],
                     "moe_load/layers.3.moe/max_share", {
                         2: {"ep2": EP2, "tp2": TP2},
-                        4: {"fsdp2_ep2": EP2}}),
+                        4: {"fsdp2_ep2": EP2,
+                            "pp2_fsdp2_ep2_full_ac": [*EP2, "--parallelism.pipeline_parallel_degree", "2",
+                                                      "--parallelism.pipeline_parallel_schedule", "1F1B",
+                                                      "--activation_checkpoint.mode", "full"]}}),
     "deepseek_v3_mtp": (["--model.name", "deepseek_v3", "--model.flavor", "debugmodel", "--model.mtp_layers", "1",
                          *STEPS], "mtp_loss", {4: {"fsdp2_ep2": EP2}}),
 }

@@ -26,7 +26,19 @@ QWEN_ARGS = QWEN.args_for("debugmodel", dim=128, n_layers=1, n_heads=8, n_kv_hea
 # And as a mixture of experts: 8 experts of width 96, top 2, one shared expert (covers its terms).
 MOE_ARGS = QWEN.override(QWEN_ARGS, {"moe": MoEShape(n_experts=8, top_k=2, hidden_dim=96, n_shared_experts=1)},
                          where="test")
-FAMILIES = {"llama3": (SPEC, ARGS), "qwen3": (QWEN, QWEN_ARGS), "qwen3_moe": (QWEN, MOE_ARGS)}
+# DeepSeek's latent attention (q low-rank path or not), dense and MoE. Value heads as wide as q/k
+# heads here: with narrower ones torch's CPU SDPA falls back to its math kernel, which keeps the
+# attention weights (GPU kernels keep the output and logsumexp, as the formula says).
+DSV3 = titan_models.get_model_spec("deepseek_v3")
+DSV3_ARGS = DSV3.args_for("debugmodel", dim=128, n_layers=1, n_heads=8, q_lora_rank=64, kv_lora_rank=32,
+                          qk_nope_dim=16, qk_rope_dim=8, v_head_dim=24, hidden_dim=384, vocab_size=256, max_seq_len=64,
+                          moe=None)
+DSV3_MOE_ARGS = DSV3.override(DSV3_ARGS, {"n_dense_layers": 0, "moe": MoEShape(
+    n_experts=8, top_k=2, hidden_dim=96, n_shared_experts=1, score_func="sigmoid", n_groups=4, topk_groups=2)},
+    where="test")
+FAMILIES = {"llama3": (SPEC, ARGS), "qwen3": (QWEN, QWEN_ARGS), "qwen3_moe": (QWEN, MOE_ARGS),
+            "deepseek_v3": (DSV3, DSV3_ARGS), "deepseek_v3_moe": (DSV3, DSV3_MOE_ARGS),
+            "deepseek_v3_q_direct": (DSV3, DSV3.override(DSV3_ARGS, {"q_lora_rank": 0}, where="test"))}
 BATCH, SEQ = 2, 64
 
 

@@ -27,6 +27,10 @@ the residual stream by t as well), per layer and per token on one rank:
                      one p*d tensor fewer (measured)
     selective k    every k-th layer full AC, the others no AC
 
+Multi-head latent attention (DeepSeek) has its own terms (_mla_terms): the norm outputs of the
+latent path, q, k, wkv_b's output (v's storage), the attention output; per-op selective AC keeps
+every other matmul output in forward order.
+
 The loss head keeps the final norm's input and output, the logits (p*V/t with loss parallel, else
 p*V) and, eager, log_softmax's float32 output (4V); its backward briefly adds two float32 V-wide
 gradients. torch.compile'd loss keeps the logits and a float32 logsumexp and its backward makes
@@ -38,6 +42,7 @@ Checked on CPU by counting live storages (tests, measure.LiveBytes) and on GPU w
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 
@@ -64,6 +69,11 @@ class ActShape:
     top_k: int = 0
     moe_hidden: int = 0
     n_shared: int = 0
+    # multi-head latent attention (DeepSeek; kv_lora > 0): q_dim is n_heads x the q/k head width
+    q_lora: int = 0
+    kv_lora: int = 0
+    rope_dim: int = 0
+    v_dim: int = 0      # n_heads * v_head_dim
 
     @classmethod
     def from_shape(cls, s, *, repeat_kv: bool = False, vocab: int | None = None, tp: int = 1,
@@ -74,7 +84,10 @@ class ActShape:
                    vocab=vocab or s.vocab_size, tp=tp, loss_parallel=loss_parallel, act_bytes=act_bytes,
                    fused_norm=fused_norm, float8=float8, repeat_kv=repeat_kv, qk_norm=s.qk_norm,
                    n_kv_heads=s.n_kv_heads, **({} if not s.moe_layers else dict(
-                       n_experts=s.n_experts, top_k=s.top_k, moe_hidden=s.moe_hidden, n_shared=s.n_shared_experts)))
+                       n_experts=s.n_experts, top_k=s.top_k, moe_hidden=s.moe_hidden, n_shared=s.n_shared_experts)),
+                   **({} if not getattr(s, "kv_lora_rank", 0) else dict(
+                       q_lora=s.q_lora_rank, kv_lora=s.kv_lora_rank, rope_dim=s.rope_head_dim,
+                       v_dim=s.n_heads * s.v_dim)))
 
 
 def _norm_terms(s: ActShape, name: str, width: int | None = None, rows: int = 1) -> dict[str, float]:
@@ -96,17 +109,45 @@ def _qk_norm_terms(s: ActShape) -> dict[str, float]:
     return {**_norm_terms(s, "q_norm", s.q_dim, s.n_heads), **_norm_terms(s, "k_norm", s.kv_dim, s.n_kv_heads)}
 
 
+def _mla_terms(s: ActShape) -> dict[str, float]:
+    """Multi-head latent attention (titan_models.common.mla) after its input norm: the latent path
+    is replicated under TP (not divided), the heads are split. v is a view of wkv_b's output, so
+    attention keeps that whole [k_nope | v] tensor; a fused kv_norm keeps wkv_a's whole output
+    (its input is a view of it, beside the RoPE key)."""
+    t, p = s.tp, s.act_bytes
+    nope_v = s.v_dim + s.q_dim - s.n_heads * s.rope_dim   # n_heads * (nope + v)
+    terms = {"attention_norm output (wq/wq_a/wkv_a input)": p * s.dim}
+    if s.q_lora:
+        terms.update(_norm_terms(dataclasses.replace(s, tp=1), "q_norm", s.q_lora))
+        terms["q_norm output (wq_b input)"] = p * s.q_lora
+    terms.update(_norm_terms(dataclasses.replace(s, tp=1), "kv_norm", s.kv_lora))
+    if s.fused_norm:
+        terms["RoPE key beside the kv_norm input"] = p * s.rope_dim
+    terms.update({
+        "kv_norm output (wkv_b input)": p * s.kv_lora,
+        "q (nope | RoPE)": p * s.q_dim / t,
+        "k (nope | shared RoPE key)": p * s.q_dim / t,
+        "wkv_b output (v's storage)": p * nope_v / t,
+        "attention output + logsumexp": p * s.v_dim / t + 4 * s.n_heads / t,
+    })
+    return terms
+
+
 def eager_terms(s: ActShape, *, compiled: bool = False) -> dict[str, float]:
     """Per-token bytes of one layer without activation checkpointing, term by term."""
     t, p, d, q, h = s.tp, s.act_bytes, s.dim, s.q_dim, s.hidden
     terms = _norm_terms(s, "attention_norm")
-    terms.update(_qk_norm_terms(s))
-    terms.update({
-        "attention_norm output (wq/wk/wv input)": p * d,
-        "q after RoPE": p * q / t,
-        **({"k, v repeated to all heads": 2 * p * q / t} if s.repeat_kv else {"k after RoPE, v": 2 * p * s.kv_dim / t}),
-        "attention output + logsumexp": p * q / t + 4 * s.n_heads / t,
-    })
+    if s.kv_lora:
+        terms.update(_mla_terms(s))
+    else:
+        terms.update(_qk_norm_terms(s))
+        terms.update({
+            "attention_norm output (wq/wk/wv input)": p * d,
+            "q after RoPE": p * q / t,
+            **({"k, v repeated to all heads": 2 * p * q / t} if s.repeat_kv
+               else {"k after RoPE, v": 2 * p * s.kv_dim / t}),
+            "attention output + logsumexp": p * q / t + 4 * s.n_heads / t,
+        })
     terms.update(_norm_terms(s, "ffn_norm"))
     terms["ffn_norm output (w1/w3 input)"] = p * d
     if s.top_k:
@@ -137,9 +178,34 @@ def moe_terms(s: ActShape) -> dict[str, float]:
     return terms
 
 
+def _mla_selective_terms(s: ActShape, *, compiled: bool = False) -> dict[str, float]:
+    """The per-op policy on a latent-attention block: the outputs of the 1st, 3rd, ... matmul in
+    forward order (grouped GEMMs are not counted), the attention output and the block input
+    (measured on CPU, dense and MoE)."""
+    t, p, d = s.tp, s.act_bytes, s.dim
+    nope_v = s.v_dim + s.q_dim - s.n_heads * s.rope_dim
+    matmuls = [("wq_a", s.q_lora), ("wq_b", s.q_dim / t)] if s.q_lora else [("wq", s.q_dim / t)]
+    matmuls += [("wkv_a", s.kv_lora + s.rope_dim), ("wkv_b", nope_v / t), ("wo (before reduce-scatter)", d)]
+    if s.top_k:
+        shared = s.n_shared * s.moe_hidden / t
+        matmuls += [("router gate", s.n_experts / t)] + (
+            [("shared w1", shared), ("shared w3", shared), ("shared w2", d / t)] if s.n_shared else [])
+    else:
+        matmuls += [("w1", s.hidden / t), ("w3", s.hidden / t), ("w2 (before reduce-scatter)", d)]
+    terms = {"block input": p * d / t, "attention output + logsumexp": p * s.v_dim / t + 4 * s.n_heads / t}
+    for i, (name, width) in enumerate(matmuls):
+        if i % 2 == 0:
+            terms[f"{name} output"] = p * width
+    if t > 1:
+        terms["reduce-scatter outputs"] = p * d / t * (1 if s.top_k else 2)
+    return terms
+
+
 def selective_op_terms(s: ActShape, *, compiled: bool = False) -> dict[str, float]:
     """Per-token bytes of one layer under titan_parallel's per-op policy (every 2nd matmul
     recomputed), term by term. Compiled, inductor keeps one d-wide tensor fewer (measured)."""
+    if s.kv_lora:
+        return _mla_selective_terms(s, compiled=compiled)
     t, p, d, q = s.tp, s.act_bytes, s.dim, s.q_dim
     terms = {
         "block input": p * d / t,
