@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from titan_models import ModelConfigError, get_model_spec
-from titan_models.testing import from_hf_weights
+from titan_models.testing import check_hf_round_trip, from_hf_weights, meta_count
 from transformers import (
     DeepseekV2Config,
     DeepseekV2ForCausalLM,
@@ -28,10 +28,7 @@ PUBLISHED = {"16B": (15_706_484_224, 2.66e9, 15.7e9), "236B": (235_741_434_880, 
 
 @pytest.mark.parametrize("flavor", sorted(PUBLISHED))
 def test_flavor_parameter_counts_on_meta(flavor):
-    args = SPEC.args_for(flavor)
-    with torch.device("meta"):
-        model = SPEC.build(args)
-    counted = sum(p.numel() for p in model.parameters())
+    args, model, counted = meta_count(SPEC, flavor)
     exact, active, published = PUBLISHED[flavor]
     assert counted == exact == SPEC.num_params(args)
     assert SPEC.num_params(args, active=True) == pytest.approx(active, rel=0.005)
@@ -129,12 +126,8 @@ def test_from_save_pretrained_files_same_logits_and_exact_round_trip(tmp_path, o
     with torch.no_grad():
         ours, theirs = model(tokens), hf(tokens).logits
     assert ((ours - theirs).norm() / theirs.norm()).item() < 1e-4
-    back = adapter.to_hf(model.state_dict())
-    assert set(back) == set(files)
-    assert all(torch.equal(v, files[k]) for k, v in back.items())
-    again = SPEC.state_dict_adapter(args).hf_config("float32")
-    assert again["architectures"] == config["architectures"]
-    assert SPEC.args_from_hf_config(again, max_seq_len=128) == args
+    check_hf_round_trip(SPEC, args, model, adapter, files, max_seq_len=128)
+    assert adapter.hf_config("float32")["architectures"] == config["architectures"]
 
 
 def test_mtp_trains_and_round_trips_through_hf_layer_names():

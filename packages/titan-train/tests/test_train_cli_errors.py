@@ -26,7 +26,7 @@ def _fail(capsys, argv, monkeypatch=None, env=None):
     (["--training.stepz", "3"], "Did you mean 'training.steps'"),
     (["--training.steps", "x"], "training.steps: expected an integer"),
     (["--model.flavor", "8C"], "8C"),
-    (["--model.name", "llama4"], "llama4"),
+    (["--model.name", "llama5"], "llama5"),
     (["--training.dataset", "c5"], "c5"),
     (["--model.tokenizer_path", "/nonexistent/tokenizer.model"], "/nonexistent/tokenizer.model"),
     (["--job.dump_folder", "/proc/titan_cannot_write"], "job.dump_folder"),

@@ -5,7 +5,11 @@ batches to the same loss and grad norm, step by step, as one process (fp32 on CP
   PP 2 x FSDP 2 x EP 2 (4 ranks);
 - `deepseek_v3 debugmodel` (latent attention, dense first block, sigmoid group-limited routing,
   a shared expert) under EP 2 and TP 2 (2 ranks), FSDP 2 x EP 2 and PP 2 x FSDP 2 x EP 2 with full
-  activation checkpointing (4 ranks); with multi-token
+  activation checkpointing (4 ranks); `gpt_oss debugmodel` (attention sinks, sliding windows,
+  biases everywhere: a row-parallel bias added once under TP) under EP 2, TP 2 and FSDP 2 x TP 2;
+  `llama4 debugmodel` (chunked RoPE and NoPE layers, q/k L2 norm, temperature tuning, interleaved
+  MoE with a shared expert, scores on the experts' inputs) under EP 2 and FSDP 2 x TP 2;
+  with multi-token
   prediction on, one process against FSDP 2 x EP 2 (the MTP loss logged and equal too).
 A run checkpointed at EP 2 resumes at EP 1 (FSDP only) with the losses of the uninterrupted run,
 and the expert biases it saved."""
@@ -33,6 +37,12 @@ FAMILIES = {
                             "pp2_fsdp2_ep2_full_ac": [*EP2, "--parallelism.pipeline_parallel_degree", "2",
                                                       "--parallelism.pipeline_parallel_schedule", "1F1B",
                                                       "--activation_checkpoint.mode", "full"]}}),
+    "gpt_oss": (["--model.name", "gpt_oss", "--model.flavor", "debugmodel", *STEPS], "moe_load/layers.3.moe/max_share", {
+        2: {"ep2": EP2, "tp2": TP2},
+        4: {"fsdp2_tp2": TP2}}),
+    "llama4": (["--model.name", "llama4", "--model.flavor", "debugmodel", *STEPS], "moe_load/layers.3.moe/max_share", {
+        2: {"ep2": EP2},
+        4: {"fsdp2_tp2": TP2}}),
     "deepseek_v3_mtp": (["--model.name", "deepseek_v3", "--model.flavor", "debugmodel", "--model.mtp_layers", "1",
                          *STEPS], "mtp_loss", {4: {"fsdp2_ep2": EP2}}),
 }

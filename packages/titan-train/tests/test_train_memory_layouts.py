@@ -147,3 +147,15 @@ def test_dense_first_blocks_are_counted_apart_from_expert_blocks():
     # stored per rank: a dense block's 1/64 share; a MoE block's experts (4 of 256) dwarf it
     assert s.dense_block.stored == pytest.approx(s.dense_block.gathered / 64, rel=1e-3)
     assert s.block.stored > 15 * s.dense_block.stored
+
+
+def test_pipeline_ranks_know_which_of_their_blocks_are_dense():
+    """Dense first blocks (DeepSeek V3) sit on the first pipeline rank; Llama 4 Maverick's dense
+    blocks alternate with MoE ones, so every rank holds half."""
+    dsv3 = plan(build_config(["--config", "deepseek_v3_671b", "--model.vocab_size", "129280",
+                              "--parallelism.pipeline_parallel_degree", "2", "--training.local_batch_size", "2"]), 128)
+    assert [r.dense for r in dsv3.ranks] == [3, 0] and sum(sum(r.blocks) for r in dsv3.ranks) == 61
+    mav = plan(build_config(["--config", "llama4_17bx128e", "--model.vocab_size", "202048",
+                             "--parallelism.expert_parallel_degree", "32", "--parallelism.pipeline_parallel_degree",
+                             "4", "--training.local_batch_size", "4"]), 128)
+    assert [(sum(r.blocks), r.dense) for r in mav.ranks] == [(12, 6)] * 4

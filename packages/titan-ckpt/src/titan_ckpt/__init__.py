@@ -2,6 +2,7 @@
 
 from .errors import CheckpointError
 from .manager import CheckpointManager, checkpoint_info, create_seed_checkpoint, list_checkpoints
+from .mxfp4 import dequantize_hf_checkpoint, dequantize_mxfp4
 from .states import ModelState, OptimizerState
 from .weights import load_model_weights
 
@@ -14,6 +15,8 @@ __all__ = [
     "OptimizerState",
     "checkpoint_info",
     "create_seed_checkpoint",
+    "dequantize_hf_checkpoint",
+    "dequantize_mxfp4",
     "list_checkpoints",
     "load_model_weights",
 ]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from titan_models.deepseek_v3 import DEEPSEEK_V3
 from titan_models.errors import ModelConfigError, unknown_name
+from titan_models.gpt_oss import GPT_OSS
 from titan_models.llama import LLAMA3
+from titan_models.llama4 import LLAMA4
 from titan_models.qwen3 import QWEN3
 from titan_models.spec import ModelSpec
 
-MODEL_SPECS: dict[str, ModelSpec] = {"llama3": LLAMA3, "qwen3": QWEN3, "deepseek_v3": DEEPSEEK_V3}
+MODEL_SPECS: dict[str, ModelSpec] = {"llama3": LLAMA3, "qwen3": QWEN3, "deepseek_v3": DEEPSEEK_V3,
+                                     "gpt_oss": GPT_OSS, "llama4": LLAMA4}
 
 
 def get_model_spec(name: str) -> ModelSpec:

@@ -39,6 +39,7 @@ class ModelShape:
     tie_embeddings: bool
     qk_norm: bool = False          # per-head RMSNorm of q and k (Qwen 3)
     attention_bias: bool = False   # biases on wq, wk, wv, wo
+    attention_sinks: bool = False  # a learned sink logit per head (GPT-OSS)
     # Mixture of experts: moe_layers of the n_layers blocks route each token to top_k of n_experts
     # SwiGLU experts moe_hidden wide (plus n_shared_experts on every token); the rest are dense.
     moe_layers: int = 0
@@ -47,6 +48,7 @@ class ModelShape:
     moe_hidden: int = 0
     n_shared_experts: int = 0
     router_bias: bool = False
+    experts_bias: bool = False     # biases on each expert's three projections (GPT-OSS)
     # Multi-head latent attention (DeepSeek; kv_lora_rank > 0): head_dim is the q/k head width
     # (nope + rope_head_dim), v_head_dim the value head's; q through a q_lora_rank bottleneck (0:
     # one projection); k and v from a kv_lora_rank latent, plus one rope_head_dim key for all heads.
@@ -173,8 +175,11 @@ def decoder_params(s: ModelShape, *, exclude_embedding: bool = False, active: bo
         attention += s.q_dim + 2 * s.kv_dim + s.dim
     if s.qk_norm:
         attention += 2 * s.head_dim
+    if s.attention_sinks:
+        attention += s.n_heads
     dense = attention + 3 * s.dim * s.ffn_hidden + 2 * s.dim
-    routed = (s.top_k if active else s.n_experts) * 3 * s.dim * s.moe_hidden
+    per_expert = 3 * s.dim * s.moe_hidden + ((2 * s.moe_hidden + s.dim) if s.experts_bias else 0)
+    routed = (s.top_k if active else s.n_experts) * per_expert
     router = s.n_experts * (s.dim + (1 if s.router_bias else 0))
     moe = attention + router + routed + s.n_shared_experts * 3 * s.dim * s.moe_hidden + 2 * s.dim
     embedding = s.vocab_size * s.dim

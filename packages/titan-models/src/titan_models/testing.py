@@ -27,6 +27,10 @@ _TINY_FIELDS: dict[str, dict[str, Any]] = {
     "deepseek_v3": dict(dim=64, n_layers=2, n_heads=4, q_lora_rank=32, kv_lora_rank=16, qk_nope_dim=16,
                         qk_rope_dim=8, v_head_dim=8, hidden_dim=128, vocab_size=256, max_seq_len=64,
                         tie_embeddings=False, moe=None),
+    # dense, NoPE every 2nd layer with temperature tuning (floor 4: active at these lengths), q/k L2
+    # norm on the RoPE layers (chunks are mask-only, and flex + documents refuses them)
+    "llama4": dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, hidden_dim=128, vocab_size=256,
+                   max_seq_len=64, tie_embeddings=False, moe=None, nope_every=2, chunk_size=None, floor_scale=4.0),
 }
 
 
@@ -58,4 +62,25 @@ def from_hf_weights(spec, args, hf_state_dict: dict):
     return model, adapter
 
 
-__all__ = ["FAMILIES", "TINY", "from_hf_weights", "tiny_args", "tiny_llama_args"]
+def meta_count(spec, flavor: str):
+    """(args, model built on the meta device, its parameter count) of a flavor."""
+    import torch
+
+    args = spec.args_for(flavor)
+    with torch.device("meta"):
+        model = spec.build(args)
+    return args, model, sum(p.numel() for p in model.parameters())
+
+
+def check_hf_round_trip(spec, args, model, adapter, files: dict, **config_overrides) -> None:
+    """to_hf of the loaded model gives the HF files' tensors back exactly, and the adapter's
+    config.json reads back to the same args."""
+    import torch
+
+    back = adapter.to_hf(model.state_dict())
+    assert set(back) == set(files), sorted(set(back) ^ set(files))[:8]
+    assert all(torch.equal(v, files[k]) for k, v in back.items())
+    assert spec.args_from_hf_config(adapter.hf_config("float32"), **config_overrides) == args
+
+
+__all__ = ["FAMILIES", "TINY", "check_hf_round_trip", "from_hf_weights", "meta_count", "tiny_args", "tiny_llama_args"]

@@ -1,8 +1,8 @@
 """Expert parallel: each rank of an `ep` mesh holds n_experts / ep of a MoE layer's experts, and
 tokens travel to the rank holding their expert and back by all-to-all.
 
-An experts module is anything with `n_experts`, 3-D weights with experts on dim 0 (e.g. w1, w2,
-w3) and `compute(x, counts, *weights)`, whose forward(x, counts) takes rows of x sorted by expert
+An experts module is anything with `n_experts`, weights with experts on dim 0 (3-D, e.g. w1, w2,
+w3, and 2-D per-expert biases) and `compute(x, counts, *weights)`, whose forward(x, counts) takes rows of x sorted by expert
 with counts[e] rows for expert e (titan_models.common.moe.GroupedExperts is one). apply_ep turns
 its weights into DTensors sharded on dim 0 and replaces its forward by:
 
@@ -30,8 +30,9 @@ from titan_parallel.modules import match_modules, named_modules_clean, pattern_m
 
 
 def expert_weights(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """The module's own 3-D parameters (experts on dim 0), in registration order."""
-    return [(n, p) for n, p in module.named_parameters(recurse=False) if p.dim() == 3]
+    """The module's own parameters with experts on dim 0 (3-D weights, 2-D biases), in
+    registration order."""
+    return [(n, p) for n, p in module.named_parameters(recurse=False) if p.dim() >= 2]
 
 
 def check_experts(model: nn.Module, experts: str, ep: int) -> list[tuple[str, nn.Module]]:

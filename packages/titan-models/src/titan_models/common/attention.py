@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from titan_models.common.masks import causal_block_mask
 from titan_models.common.rope import apply_rope
+from titan_models.common.sinks import SinkCore
 from titan_models.errors import ModelConfigError, unknown_name
 from torch import nn
 
@@ -133,6 +134,20 @@ class AttentionShape:
     backend: str = "sdpa"
     sdpa_kernels: tuple[str, ...] = ()
     repeat_kv: bool = False
+    sinks: bool = False                # a learned sink logit per head (GPT-OSS): common.sinks
+    window: int | None = None          # sliding-window attention over this many keys (common.sinks' core)
+    chunk: int | None = None           # chunked local attention: within blocks of this many tokens (Llama 4)
+    rope: bool = True                  # False: no positional encoding in this layer (Llama 4's NoPE layers)
+    qk_l2_eps: float | None = None     # weightless RMS ("L2") norm of q and k per head after RoPE (Llama 4)
+    temperature: tuple[float, float] | None = None  # (floor_scale, attn_scale): Llama 4's NoPE-layer q scaling
+
+
+def _temperature(q: torch.Tensor, floor_scale: float, attn_scale: float) -> torch.Tensor:
+    """Llama 4's attention-temperature tuning of NoPE layers: position p's query scaled by
+    1 + attn_scale * log(1 + floor((p + 1) / floor_scale)), so long contexts keep sharp attention."""
+    pos = torch.arange(q.shape[1], device=q.device, dtype=torch.float32)
+    scale = torch.log1p(torch.floor((pos + 1.0) / floor_scale)) * attn_scale + 1.0
+    return (q * scale.view(1, -1, 1, 1)).to(q.dtype)
 
 
 class Attention(nn.Module):
@@ -151,7 +166,11 @@ class Attention(nn.Module):
             self.k_norm = nn.RMSNorm(s.head_dim, eps=s.qk_norm_eps)
         else:
             self.q_norm = self.k_norm = None
-        self.sdpa = make_core(s.backend, s.sdpa_kernels)
+        self.rope, self.qk_l2_eps, self.temperature = s.rope, s.qk_l2_eps, s.temperature
+        if s.sinks or s.window is not None or s.chunk is not None:
+            self.sdpa = SinkCore(s.n_heads, sinks=s.sinks, window=s.window, chunk=s.chunk, backend=s.backend)
+        else:
+            self.sdpa = make_core(s.backend, s.sdpa_kernels)
         self.repeat_kv = s.repeat_kv
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, mask=None) -> torch.Tensor:
@@ -167,8 +186,14 @@ class Attention(nn.Module):
         v = self.wv(x).view(bsz, seq, -1, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = apply_rope(q, rope, self.rope_layout)
-        k = apply_rope(k, rope, self.rope_layout)
+        if self.rope:
+            q = apply_rope(q, rope, self.rope_layout)
+            k = apply_rope(k, rope, self.rope_layout)
+        if self.qk_l2_eps is not None:
+            q = F.rms_norm(q.float(), (q.shape[-1],), eps=self.qk_l2_eps).type_as(q)
+            k = F.rms_norm(k.float(), (k.shape[-1],), eps=self.qk_l2_eps).type_as(k)
+        if self.temperature is not None:
+            q = _temperature(q, *self.temperature)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         repeats = q.shape[1] // k.shape[1]
         if self.repeat_kv and repeats > 1:  # query head i reads kv head i // repeats

@@ -146,6 +146,8 @@ class Decoder(nn.Module):
         scaled_dim = a.dim ** -0.5
         if name.endswith("norm.weight"):
             return winit.ones
+        if name.endswith("attention.sdpa.sinks"):  # attention sinks (GPT-OSS), as HF initializes them
+            return winit.normal(0.02)
         if name.endswith(".bias"):
             return winit.zeros
         if name == "tok_embeddings.weight":
@@ -165,6 +167,8 @@ class Decoder(nn.Module):
                 return deep
             if rest[:2] == ["moe", "experts"] and len(rest) == 3:
                 proj = rest[2]      # 3-D [experts, out, in] weights
+                if proj in ("b1", "b2", "b3"):  # per-expert biases (GPT-OSS)
+                    return winit.zeros
             elif rest[:2] == ["moe", "shared_experts"] and len(rest) == 4:
                 proj = rest[2]
             elif len(rest) == 3:

@@ -50,7 +50,9 @@ Transform = Callable[[torch.Tensor], torch.Tensor]
 class FusedExperts:
     """HF checkpoints that keep a layer's experts fused (Llama 4, GPT-OSS): `gate_up` [E, D, 2F]
     (gate then up on the last dim, or interleaved gate/up columns) and `down` [E, F, D], against
-    Titan's w1, w3 [E, F, D] and w2 [E, D, F]. Suffixes relative to the block."""
+    Titan's w1, w3 [E, F, D] and w2 [E, D, F]; with biases (GPT-OSS) `gate_up_bias` [E, 2F] (same
+    column order) and `down_bias` [E, D] against b1, b3 [E, F] and b2 [E, D]. Suffixes relative to
+    the block."""
 
     gate_up: str = "feed_forward.experts.gate_up_proj"
     down: str = "feed_forward.experts.down_proj"
@@ -58,23 +60,44 @@ class FusedExperts:
     w1: str = "moe.experts.w1"
     w2: str = "moe.experts.w2"
     w3: str = "moe.experts.w3"
+    gate_up_bias: str | None = None
+    down_bias: str | None = None
+    b1: str = "moe.experts.b1"
+    b2: str = "moe.experts.b2"
+    b3: str = "moe.experts.b3"
 
-    def to_hf(self, w1, w2, w3):
-        gate, up = w1.transpose(1, 2), w3.transpose(1, 2)
-        if self.interleaved:
-            fused = torch.stack([gate, up], dim=-1).flatten(-2)
-        else:
-            fused = torch.cat([gate, up], dim=-1)
-        return fused.contiguous(), w2.transpose(1, 2).contiguous()
+    @property
+    def titan(self) -> tuple[str, ...]:
+        return (self.w1, self.w2, self.w3) + ((self.b1, self.b2, self.b3) if self.gate_up_bias else ())
 
-    def from_hf(self, gate_up, down):
+    @property
+    def hf(self) -> tuple[str, ...]:
+        return (self.gate_up, self.down) + ((self.gate_up_bias, self.down_bias) if self.gate_up_bias else ())
+
+    def _fuse(self, gate, up):
         if self.interleaved:
-            gate, up = gate_up[..., 0::2], gate_up[..., 1::2]
-        else:
-            half = gate_up.shape[-1] // 2
-            gate, up = gate_up[..., :half], gate_up[..., half:]
-        return (gate.transpose(1, 2).contiguous(), down.transpose(1, 2).contiguous(),
-                up.transpose(1, 2).contiguous())
+            return torch.stack([gate, up], dim=-1).flatten(-2).contiguous()
+        return torch.cat([gate, up], dim=-1).contiguous()
+
+    def _split(self, gate_up):
+        if self.interleaved:
+            return gate_up[..., 0::2], gate_up[..., 1::2]
+        half = gate_up.shape[-1] // 2
+        return gate_up[..., :half], gate_up[..., half:]
+
+    def to_hf(self, w1, w2, w3, b1=None, b2=None, b3=None):
+        """Titan tensors (in `titan` order) -> HF tensors (in `hf` order)."""
+        out = (self._fuse(w1.transpose(1, 2), w3.transpose(1, 2)), w2.transpose(1, 2).contiguous())
+        return out if b1 is None else (*out, self._fuse(b1, b3), b2)
+
+    def from_hf(self, gate_up, down, gate_up_bias=None, down_bias=None):
+        """HF tensors (in `hf` order) -> Titan tensors (in `titan` order)."""
+        gate, up = self._split(gate_up)
+        out = (gate.transpose(1, 2).contiguous(), down.transpose(1, 2).contiguous(), up.transpose(1, 2).contiguous())
+        if gate_up_bias is None:
+            return out
+        b1, b3 = self._split(gate_up_bias)
+        return (*out, b1.contiguous(), down_bias, b3.contiguous())
 
 
 class DecoderAdapter:
@@ -106,7 +129,7 @@ class DecoderAdapter:
         self.experts = dict(experts or {})
         self.expert_weights = tuple(self.experts)
         self.fused = fused
-        self.fused_expert_weights = (fused.w1, fused.w2, fused.w3) if fused else ()
+        self.fused_expert_weights = fused.titan if fused else ()
         self.expert_bias = expert_bias
         self.moe_layers, self.n_experts = tuple(moe_layers), n_experts
         if expert_bias is not None:
@@ -143,19 +166,19 @@ class DecoderAdapter:
     def _fused_to_hf(self, sd: dict, out: dict) -> dict:
         f = self.fused
         for layer in self.moe_layers:
-            keys = [f"layers.{layer}.{s}" for s in (f.w1, f.w2, f.w3)]
+            keys = [f"layers.{layer}.{s}" for s in f.titan]
             if all(k in sd for k in keys):
-                gate_up, down = f.to_hf(*(sd.pop(k) for k in keys))
-                out[f"model.layers.{layer}.{f.gate_up}"], out[f"model.layers.{layer}.{f.down}"] = gate_up, down
+                for name, value in zip(f.hf, f.to_hf(*(sd.pop(k) for k in keys))):
+                    out[f"model.layers.{layer}.{name}"] = value
         return sd
 
     def _fused_from_hf(self, hf: dict, out: dict) -> dict:
         f = self.fused
         for layer in self.moe_layers:
-            keys = [f"model.layers.{layer}.{s}" for s in (f.gate_up, f.down)]
+            keys = [f"model.layers.{layer}.{s}" for s in f.hf]
             if all(k in hf for k in keys):
-                w1, w2, w3 = f.from_hf(*(hf.pop(k) for k in keys))
-                out.update({f"layers.{layer}.{f.w1}": w1, f"layers.{layer}.{f.w2}": w2, f"layers.{layer}.{f.w3}": w3})
+                for name, value in zip(f.titan, f.from_hf(*(hf.pop(k) for k in keys))):
+                    out[f"layers.{layer}.{name}"] = value
         return hf
 
     def _expert_to_hf(self, key: str, value, out: dict) -> bool:

@@ -23,6 +23,7 @@ from torch import nn
 
 SCORE_FUNCS = ("softmax", "sigmoid")
 GROUP_SCORES = ("top2_sum", "max")
+ACTIVATIONS = ("swiglu", "clamped_swiglu")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,12 @@ class MoEShape:
     score_before_experts: bool = False
     load_balance_coeff: float | None = None
     aux_loss: float = 0.0
+    # GPT-OSS experts: biases on every projection, and the clamped SwiGLU
+    # (up + 1) * g * sigmoid(alpha g) with g = min(gate, limit), up clamped to [-limit, limit].
+    experts_bias: bool = False
+    activation: str = "swiglu"       # "swiglu" | "clamped_swiglu"
+    swiglu_limit: float = 7.0
+    swiglu_alpha: float = 1.702
 
     def problems(self, dim: int) -> list[str]:
         p = []
@@ -60,6 +67,8 @@ class MoEShape:
             p.append(f"score_func={self.score_func!r} is not one of {SCORE_FUNCS}")
         if not 1 <= self.top_k <= self.n_experts:
             p.append(f"top_k={self.top_k} must be within 1..n_experts={self.n_experts}")
+        if self.activation not in ACTIVATIONS:
+            p.append(f"activation={self.activation!r} is not one of {ACTIVATIONS}")
         if self.group_score not in GROUP_SCORES:
             p.append(f"group_score={self.group_score!r} is not one of {GROUP_SCORES}")
         if self.n_experts % self.n_groups:
@@ -110,49 +119,80 @@ class TokenChoiceRouter(nn.Module):
         return grouped.masked_fill(~keep.unsqueeze(-1), float("-inf")).flatten(-2)
 
 
+def _rows_bias(b: torch.Tensor | None, counts: torch.Tensor, rows: int) -> torch.Tensor | float:
+    """Each row's expert's bias ([rows, n]) from b [E, n] and the rows per expert, or 0."""
+    if b is None:
+        return 0.0
+    expert = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts, output_size=rows)
+    return b[expert]
+
+
+def _gate(g: torch.Tensor, u: torch.Tensor, act) -> torch.Tensor:
+    if act is None:
+        return F.silu(g) * u
+    limit, alpha = act  # GPT-OSS's clamped SwiGLU
+    g = g.clamp(max=limit)
+    return (u.clamp(-limit, limit) + 1) * g * torch.sigmoid(alpha * g)
+
+
 def grouped_swiglu(x: torch.Tensor, counts: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
-                   w3: torch.Tensor, *, loop: bool = False) -> torch.Tensor:
+                   w3: torch.Tensor, b1=None, b2=None, b3=None, *, loop: bool = False,
+                   act: tuple[float, float] | None = None) -> torch.Tensor:
     """Each expert's SwiGLU on its rows of x: x [N, D] sorted by expert, counts [E] (sum N);
-    w1, w3 [E, H, D], w2 [E, D, H]. One grouped GEMM per projection (torch._grouped_mm, int32
-    offsets), or a loop over experts (loop=True: the reference, and for torch builds without
-    grouped GEMMs). Computes in the weights' dtype."""
+    w1, w3 [E, H, D], w2 [E, D, H]; optional biases b1, b3 [E, H], b2 [E, D]; act: None for
+    silu(gate) * up, or (limit, alpha) for the clamped variant. One grouped GEMM per projection
+    (torch._grouped_mm, int32 offsets), or a loop over experts (loop=True: the reference, and for
+    torch builds without grouped GEMMs). Computes in the weights' dtype."""
     if x.dtype != w1.dtype:
         x = x.to(w1.dtype)
     if loop or not hasattr(torch, "_grouped_mm"):
         out, start = [], 0
         for e, n in enumerate(counts.tolist()):
             rows = x[start:start + n]
-            out.append((F.silu(rows @ w1[e].t()) * (rows @ w3[e].t())) @ w2[e].t())
+            g, u = rows @ w1[e].t(), rows @ w3[e].t()
+            if b1 is not None:
+                g, u = g + b1[e], u + b3[e]
+            y = _gate(g, u, act) @ w2[e].t()
+            out.append(y + b2[e] if b2 is not None else y)
             start += n
         return torch.cat(out) if out else x.new_zeros(0, w2.shape[1])
     offs = torch.cumsum(counts, 0, dtype=torch.int32)
-    h = F.silu(torch._grouped_mm(x, w1.transpose(-2, -1), offs=offs)) * torch._grouped_mm(x, w3.transpose(-2, -1),
-                                                                                          offs=offs)
-    return torch._grouped_mm(h, w2.transpose(-2, -1), offs=offs)
+    n = x.shape[0]
+    g = torch._grouped_mm(x, w1.transpose(-2, -1), offs=offs) + _rows_bias(b1, counts, n)
+    u = torch._grouped_mm(x, w3.transpose(-2, -1), offs=offs) + _rows_bias(b3, counts, n)
+    return torch._grouped_mm(_gate(g, u, act), w2.transpose(-2, -1), offs=offs) + _rows_bias(b2, counts, n)
 
 
 class GroupedExperts(nn.Module):
-    """n_experts SwiGLU experts held as 3-D weights: w1, w3 [E, H, D], w2 [E, D, H].
+    """n_experts SwiGLU experts held as 3-D weights: w1, w3 [E, H, D], w2 [E, D, H] (and, with
+    bias, b1, b3 [E, H], b2 [E, D]: every parameter has the experts on dim 0).
 
     forward(x_sorted [N, D], counts [E]) -> [N, D]: rows of x grouped by expert, in expert order.
     Expert parallel replaces this forward (titan_parallel.apply_ep) by one that sends each row to
     the rank holding its expert, runs `compute` there on the local experts, and sends it back.
     """
 
-    def __init__(self, dim: int, hidden_dim: int, n_experts: int) -> None:
+    def __init__(self, dim: int, hidden_dim: int, n_experts: int, *, bias: bool = False,
+                 clamp: tuple[float, float] | None = None) -> None:
         super().__init__()
         self.n_experts = n_experts
         self.w1 = nn.Parameter(torch.empty(n_experts, hidden_dim, dim))
         self.w2 = nn.Parameter(torch.empty(n_experts, dim, hidden_dim))
         self.w3 = nn.Parameter(torch.empty(n_experts, hidden_dim, dim))
+        if bias:
+            self.b1 = nn.Parameter(torch.empty(n_experts, hidden_dim))
+            self.b2 = nn.Parameter(torch.empty(n_experts, dim))
+            self.b3 = nn.Parameter(torch.empty(n_experts, hidden_dim))
+        self.clamp = clamp  # (limit, alpha): GPT-OSS's clamped SwiGLU; None: silu(gate) * up
         self.loop = False  # True: a loop over experts instead of grouped GEMMs (tests, debugging)
 
     def compute(self, x: torch.Tensor, counts: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
-                w3: torch.Tensor) -> torch.Tensor:
-        return grouped_swiglu(x, counts, w1, w2, w3, loop=self.loop)
+                w3: torch.Tensor, b1=None, b2=None, b3=None) -> torch.Tensor:
+        return grouped_swiglu(x, counts, w1, w2, w3, b1, b2, b3, loop=self.loop, act=self.clamp)
 
     def forward(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        return self.compute(x, counts, self.w1, self.w2, self.w3)
+        biases = (self.b1, self.b2, self.b3) if hasattr(self, "b1") else ()
+        return self.compute(x, counts, self.w1, self.w2, self.w3, *biases)
 
 
 class MoE(nn.Module):
@@ -172,7 +212,8 @@ class MoE(nn.Module):
             raise ModelConfigError("invalid MoE arguments: " + "; ".join(problems))
         self.s = s
         self.router = TokenChoiceRouter(dim, s)
-        self.experts = GroupedExperts(dim, s.hidden_dim, s.n_experts)
+        self.experts = GroupedExperts(dim, s.hidden_dim, s.n_experts, bias=s.experts_bias,
+                                      clamp=(s.swiglu_limit, s.swiglu_alpha) if s.activation == "clamped_swiglu" else None)
         self.shared_experts = FeedForward(dim, s.hidden_dim * s.n_shared_experts) if s.n_shared_experts else None
         self.register_buffer("tokens_per_expert", torch.zeros(s.n_experts), persistent=False)
         # Always present (zeros when balancing is off), so checkpoints load whatever the setting.

@@ -12,7 +12,8 @@ the vocabulary (a DTensor, Shard(-1)) for torch's loss_parallel() cross-entropy.
 (Qwen 3) see this rank's heads: their weights are replicated with the heads dim (2) as the sharded
 one, so each rank's weight gradient is a partial sum that is reduced like a sequence-parallel norm's.
 Biases of wo / w2 (row-parallel) are added once, by torch's RowwiseParallel, after the reduction.
-Multi-head latent attention (DeepSeek) has its own attention entries: see _mla_plan.
+Multi-head latent attention (DeepSeek) has its own attention entries: see _mla_plan. Attention
+sinks (GPT-OSS, one logit per head) are split with the heads.
 
 Mixture-of-experts blocks keep their sequence shard: each TP rank routes its own tokens (no
 all-gather before the router, no reduce-scatter after the experts). The router gate and shared
@@ -79,6 +80,8 @@ def decoder_tp_plan(model: nn.Module, *, sequence_parallel: bool = True,
             # one entry per linear: SequenceParallel replicates only a module's own parameters
             for w in ("w1", "w2", "w3"):
                 plan[f"layers.*.moe.shared_experts.{w}"] = SequenceParallel(sequence_dim=0, use_local_output=True)
+    if block is not None and getattr(block.attention.sdpa, "sinks", None) is not None:
+        plan["layers.*.attention.sdpa"] = ShardOwnParams()  # a sink per head: this rank's heads
     if block is not None and hasattr(block.attention, "wkv_a"):
         plan.update(_mla_plan(block.attention, seq, sequence_parallel))
     else:
@@ -162,3 +165,16 @@ class Replicated(ParallelStyle):
             return outputs.to_local()
 
         return distribute_module(module, device_mesh, replicate, input_fn=to_dtensor, output_fn=to_local)
+
+
+class ShardOwnParams(ParallelStyle):
+    """The module's own parameters split on dim 0 over the mesh (e.g. one value per attention
+    head, beside column-parallel q/k/v); inputs and outputs untouched (the module reads its
+    shard with to_local)."""
+
+    def _apply(self, module: nn.Module, device_mesh) -> nn.Module:
+        from torch.distributed.tensor import distribute_tensor
+
+        for name, param in list(module.named_parameters(recurse=False)):
+            module.register_parameter(name, nn.Parameter(distribute_tensor(param, device_mesh, [Shard(0)])))
+        return module

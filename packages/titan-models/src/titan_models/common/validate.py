@@ -74,6 +74,31 @@ def decoder_problems(args, s: ModelShape, *, tp: int, cp: int, pp: int, sequence
     return problems
 
 
+def moe_problems(moe, dim: int, *, tp: int, sequence_parallel: bool, n: Callable[[str], str]) -> list[str]:
+    """A mixture of experts' shape problems (MoEShape.problems), and TP without sequence parallel
+    (each TP rank routes its own sequence shard). [] when moe is None."""
+    if moe is None:
+        return []
+    problems = moe.problems(dim)
+    if tp > 1 and not sequence_parallel:
+        problems.append(f"a mixture of experts under {n('tp')}={tp} needs sequence parallel (each rank routes "
+                        "its own tokens)")
+    return problems
+
+
+def family_problems(args, sizes: tuple[str, ...], *, tp: int, cp: int, pp: int, sequence_parallel: bool,
+                    names: Mapping[str, str] | None) -> tuple[list[str], Callable[[str], str]]:
+    """What every decoder family checks first: options (raises at once), the `sizes` fields and
+    degrees >= 1 (raises at once), then the decoder and MoE problems under these degrees (listed).
+    Returns (problems so far, the namer) for the family to add its own and raise_if."""
+    n = namer(names)
+    check_options(args)
+    raise_if(positive({k: getattr(args, k) for k in sizes}, {"tp": tp, "cp": cp, "pp": pp}, n))
+    problems = decoder_problems(args, args.shape(), tp=tp, cp=cp, pp=pp, sequence_parallel=sequence_parallel, n=n)
+    problems += moe_problems(getattr(args, "moe", None), args.dim, tp=tp, sequence_parallel=sequence_parallel, n=n)
+    return problems, n
+
+
 def raise_if(problems: list[str]) -> None:
     if problems:
         raise ModelConfigError("invalid model arguments: " + "; ".join(problems))

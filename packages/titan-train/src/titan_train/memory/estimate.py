@@ -69,8 +69,7 @@ class MemoryEstimate:
 def _rank_param_elems(sizes: ParamSizes, rank: RankStages, which: str) -> float:
     get = lambda g: getattr(g, which)  # noqa: E731
     blocks = sum(rank.blocks)
-    # Dense blocks come first: on the first pipeline rank (its first stage holds layer 0).
-    dense = min(blocks, sizes.n_dense) if sizes.dense_block is not None and rank.pp_rank == 0 else 0
+    dense = rank.dense if sizes.dense_block is not None else 0  # which of its blocks are dense (layout)
     n = (blocks - dense) * get(sizes.block) + (dense * get(sizes.dense_block) if dense else 0)
     if rank.has_embedding:
         n += get(sizes.embedding)

@@ -28,6 +28,18 @@ class RankStages:
     has_embedding: bool
     has_head: bool
     in_flight: int  # stage-microbatches whose activations coexist (1 without PP)
+    dense: int = 0  # of its blocks, the dense ones in a model that also has MoE blocks
+
+
+def dense_blocks(run, names: list[str]) -> int:
+    """How many of the block names ("layers.3") are dense blocks of a model with MoE blocks too
+    (families whose args say `is_moe_layer(i)`; 0 for uniform models)."""
+    shape = run.spec.shape(run.args)
+    is_moe = getattr(run.args, "is_moe_layer", None)
+    if not (0 < shape.moe_layers < shape.n_layers) or is_moe is None:
+        return 0
+    prefix = run.spec.blocks + "."
+    return sum(1 for n in names if n.startswith(prefix) and not is_moe(int(n[len(prefix):].split(".")[0])))
 
 
 @dataclass(frozen=True)
@@ -145,7 +157,7 @@ def _pipeline_ranks(run: RunPlan, order: list[str], n_mb: int) -> tuple[str, tup
         mods = [plan[i] for i in ids]
         ranks.append(RankStages(r, tuple(sum(m.startswith(spec.blocks + ".") for m in s) for s in mods),
                                 any(spec.embedding in s for s in mods), any(spec.output in s for s in mods),
-                                _in_flight(name, pp, r, per_rank, n_mb)))
+                                _in_flight(name, pp, r, per_rank, n_mb), dense_blocks(run, [m for s in mods for m in s])))
     return name, tuple(ranks)
 
 
@@ -170,7 +182,8 @@ def plan(cfg: JobConfig, world_size: int) -> Layout:
         except ParallelConfigError as e:
             raise ConfigError(f"pipeline: {e}") from None
     else:
-        ranks = (RankStages(0, (spec.shape(run.args).n_layers,), True, True, 1),)
+        n = spec.shape(run.args).n_layers
+        ranks = (RankStages(0, (n,), True, True, 1, dense_blocks(run, [f"{spec.blocks}.{i}" for i in range(n)])),)
     o = cfg.optimizer
     return Layout(run=run, world_size=world_size, schedule=schedule, ranks=ranks,
                   ac_mode=cfg.activation_checkpoint.mode, ac_option=str(cfg.activation_checkpoint.selective_ac_option),
