@@ -8,7 +8,8 @@ A sink is one learned logit per head that joins the softmax's denominator and ca
 so any attention kernel that returns its log-sum-exp gives the sink version by one rescale, and the
 sink's gradient flows through lse. Two paths:
 - "sdpa" (any device): the exact reference, an explicit masked softmax over [scores, sink] in
-  float32 (memory O(seq^2) per head: for tests, the CPU and short sequences);
+  float32 (memory O(seq^2) per head: for tests, the CPU and short sequences; use "flex" on GPUs).
+  Without sinks (Llama 4's chunks) it is SDPA with a dense bool mask;
 - "flex" (GPUs): FlexAttention with return_lse under a causal (sliding-window) BlockMask, then the
   rescale above; torch.compile fuses it. (FlexAttention has no CPU backward.)
 
@@ -57,14 +58,16 @@ def eager_sink_attention(q, k, v, sinks: torch.Tensor | None, window: int | None
                          scale: float | None = None, chunk: int | None = None) -> torch.Tensor:
     """The reference: q [b, h, s, d], k / v [b, h_kv, s, d]; mask: None or a dense bool
     [b, 1, s, s] (documents) combined with causal + window. float32 math, output in v's dtype."""
+    ok = allowed(q.shape[2], window, q.device, chunk)
+    if mask is not None:
+        ok = ok & mask
+    if sinks is None:  # a plain masked attention: SDPA's kernels (no score matrix kept for backward)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=ok, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
     rep = q.shape[1] // k.shape[1]
     if rep > 1:  # query head i reads kv head i // rep
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = (q.float() @ k.float().transpose(-2, -1)) * scale
-    ok = allowed(q.shape[2], window, q.device, chunk)
-    if mask is not None:
-        ok = ok & mask
     scores = scores.masked_fill(~ok, float("-inf"))
     if sinks is not None:
         sink = sinks.float().view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
