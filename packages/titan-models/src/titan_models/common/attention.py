@@ -75,16 +75,16 @@ class SDPACore(nn.Module):
 _compiled_flex = None
 
 
-def _flex(q, k, v, block_mask, scale=None):
+def _flex(q, k, v, block_mask, scale=None, return_lse: bool = False):
     """FlexAttention: fused by the surrounding torch.compile when there is one, else compiled on
     its own on accelerators. On CPU it runs eagerly (the unfused reference: it materializes the
-    scores, forward only), which is what tests and debugging need."""
+    scores, forward only), which is what tests and debugging need. return_lse: (out, lse)."""
     global _compiled_flex
     from torch.nn.attention.flex_attention import flex_attention
 
     gqa = k.shape[1] != q.shape[1]
     if torch.compiler.is_compiling():
-        return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=gqa, scale=scale)
+        return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=gqa, scale=scale, return_lse=return_lse)
     if q.device.type == "cpu":
         if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
             raise ModelConfigError(
@@ -92,10 +92,10 @@ def _flex(q, k, v, block_mask, scale=None):
                 "backward): use attn_backend='sdpa', which also supports attn_mask='block_causal'")
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-            return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=gqa, scale=scale)
+            return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=gqa, scale=scale, return_lse=return_lse)
     if _compiled_flex is None:
         _compiled_flex = torch.compile(flex_attention, dynamic=False)
-    return _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=gqa, scale=scale)
+    return _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=gqa, scale=scale, return_lse=return_lse)
 
 
 class FlexCore(nn.Module):

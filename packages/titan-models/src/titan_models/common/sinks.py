@@ -26,8 +26,6 @@ import torch.nn.functional as F
 from titan_models.errors import ModelConfigError
 from torch import nn
 
-_compiled_flex = None
-
 
 def _local(t: torch.Tensor) -> torch.Tensor:
     """This rank's shard of a parameter sharded over heads by a TP plan (duck-typed: no
@@ -103,8 +101,8 @@ class SinkCore(nn.Module):
         return out if sinks is None else with_sinks(out, lse, sinks)
 
     def _flex(self, q, k, v):
-        global _compiled_flex
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        from titan_models.common.attention import _flex
+        from torch.nn.attention.flex_attention import create_block_mask
 
         seq, window, chunk = q.shape[2], self.window, self.chunk
         key = (seq, str(q.device))
@@ -118,13 +116,4 @@ class SinkCore(nn.Module):
                 return ok
 
             self._masks[key] = create_block_mask(local_causal, None, None, seq, seq, device=q.device)
-        block_mask = self._masks[key]
-        gqa = k.shape[1] != q.shape[1]
-        if torch.compiler.is_compiling() or q.device.type == "cpu":
-            if q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
-                raise ModelConfigError("attn_backend='flex' cannot train on CPU (no FlexAttention backward "
-                                       "there): use attn_backend='sdpa' (the exact sink reference)")
-            return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=gqa, return_lse=True)
-        if _compiled_flex is None:
-            _compiled_flex = torch.compile(flex_attention, dynamic=False)
-        return _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=gqa, return_lse=True)
+        return _flex(q, k, v, self._masks[key], return_lse=True)
