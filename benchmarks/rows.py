@@ -32,6 +32,13 @@ QWEN3_MOE_4L = ["--model.name", "qwen3", "--model.flavor", "30B-A3B", "--model.n
 DSV3_16B_4L = ["--model.name", "deepseek_v3", "--model.flavor", "16B", "--model.n_layers", "4",
                "--model.vocab_size", "102400"]
 
+# GPT-OSS 20B cut to 4 layers (4.45B parameters, 1.66B active) and Llama 4 17Bx16E cut to 2 (6.47B,
+# 2.70B active), their own vocabularies: issue 21's rows (torchtitan 4-layer / 2-layer cuts alike)
+GPT_OSS_20B_4L = ["--model.name", "gpt_oss", "--model.flavor", "20b", "--model.n_layers", "4",
+                  "--model.vocab_size", "201088"]
+LLAMA4_16E_2L = ["--model.name", "llama4", "--model.flavor", "17bx16e", "--model.n_layers", "2",
+                 "--model.vocab_size", "202048"]
+
 
 def _b(n: int) -> list[str]:
     return ["--training.local_batch_size", str(n)]
@@ -68,6 +75,16 @@ ROWS: dict[str, Row] = {
     "deepseek_v3_16b_4l_compile_flex_b2": Row([*ONE_B, *DSV3_16B_4L, *_b(2), "--compile.enable",
                                                "--model.attn_backend", "flex"],
                                               reference="79,232 tok/s (34.0% MFU active, flex block-causal), 54.0 GiB (H200)"),
+    # sinks and sliding windows need flex on GPUs (the sdpa backend is the exact eager reference)
+    "gpt_oss_20b_4l_compile_flex_b2": Row([*ONE_B, *GPT_OSS_20B_4L, *_b(2), "--compile.enable",
+                                           "--model.attn_backend", "flex"],
+                                          reference="38,724 tok/s (31.8% MFU active), 78.6 GiB (H200)"),
+    # at seq 8192 Llama 4's 8192-token chunks are plain causal attention (SDPA's fused kernels)
+    "llama4_17bx16e_2l_compile_b2": Row([*ONE_B, *LLAMA4_16E_2L, *_b(2), "--compile.enable"],
+                                        reference="36,953 tok/s (41.1% MFU active), 127.7 GiB (H200)"),
+    "llama4_17bx16e_2l_compile_flex_b2": Row([*ONE_B, *LLAMA4_16E_2L, *_b(2), "--compile.enable",
+                                              "--model.attn_backend", "flex"],
+                                             reference="36,953 tok/s (41.1% MFU active), 127.7 GiB (H200)"),
     "debug": Row(["--config", "llama3_debug", *_b(8)], reference="smoke row"),
     "debug_fsdp2": Row(["--config", "llama3_debug", *_b(4)], 2, reference="smoke row: `debug` on 2 ranks"),
     # ---- 4x H200 (8B reference; compile + selective op AC unless said) ----

@@ -124,7 +124,10 @@ def _rows_bias(b: torch.Tensor | None, counts: torch.Tensor, rows: int) -> torch
     if b is None:
         return 0.0
     expert = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts, output_size=rows)
-    return b[expert]
+    # A one-hot matmul rather than b[expert]: the indexing's backward is a sort-based index_put
+    # (110 ms of a 460 ms GPT-OSS step on an H200); the matmul's is onehot^T @ grad, exact (one
+    # nonzero per row) and deterministic.
+    return F.one_hot(expert, counts.numel()).to(b.dtype) @ b
 
 
 def _gate(g: torch.Tensor, u: torch.Tensor, act) -> torch.Tensor:

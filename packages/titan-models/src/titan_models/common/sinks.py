@@ -56,6 +56,12 @@ def eager_sink_attention(q, k, v, sinks: torch.Tensor | None, window: int | None
                          scale: float | None = None, chunk: int | None = None) -> torch.Tensor:
     """The reference: q [b, h, s, d], k / v [b, h_kv, s, d]; mask: None or a dense bool
     [b, 1, s, s] (documents) combined with causal + window. float32 math, output in v's dtype."""
+    seq = q.shape[2]
+    if sinks is None and mask is None and window is None and (chunk is None or chunk >= seq):
+        # one chunk covers the sequence: plain causal attention, so SDPA may pick its fused
+        # causal kernels (cuDNN / flash) instead of the masked ones a dense bool mask allows
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
+                                              enable_gqa=k.shape[1] != q.shape[1])
     ok = allowed(q.shape[2], window, q.device, chunk)
     if mask is not None:
         ok = ok & mask
