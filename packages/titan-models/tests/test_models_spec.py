@@ -11,9 +11,9 @@ SPEC = get_model_spec("llama3")
 
 
 def test_unknown_model_lists_names_and_closest_match():
-    with pytest.raises(ModelConfigError, match=r"unknown model 'lama3': known models are deepseek_v3, gpt_oss, llama3, llama4, qwen3; did you mean 'llama3'"):
+    with pytest.raises(ModelConfigError, match=r"unknown model 'lama3': known models are deepseek_v3, flux, gpt_oss, llama3, llama4, qwen3; did you mean 'llama3'"):
         get_model_spec("lama3")
-    assert set(MODEL_SPECS) == {"llama3", "qwen3", "deepseek_v3", "gpt_oss", "llama4"} and SPEC.name == "llama3"
+    assert set(MODEL_SPECS) == {"llama3", "qwen3", "deepseek_v3", "gpt_oss", "llama4", "flux"} and SPEC.name == "llama3"
 
 
 def test_unknown_flavor_and_override_name_the_closest_match():

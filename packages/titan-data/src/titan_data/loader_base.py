@@ -5,36 +5,24 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator
 
-import torch
-
 from titan_data.errors import DataError
 
 
-class TokenLoader(abc.ABC):
-    """Yields `(inputs, labels)` LongTensors of shape [local_batch_size, seq_len].
-
-    Labels are the inputs shifted by one (both cut from one window of seq_len + 1 tokens). The
-    loader is its own iterator, so `next(loader)` may be called several times per optimizer step
-    (gradient accumulation). A finite loader (`infinite=False`) that ran out starts a fresh pass
-    when iterated again (`for batch in val_loader:` evaluates the whole split each time).
-    """
+class ResumableLoader(abc.ABC):
+    """The protocol every Titan loader shares: its own iterator, an exact-resume state, and a finite
+    pass (`infinite=False`) that ran out starting afresh when iterated again (`for batch in
+    val_loader:` evaluates the whole split each time). Subclasses set `mode` and `_it`/`_finished`
+    through `_init_iteration()`."""
 
     mode: str
 
-    def __init__(self, *, seq_len: int, local_batch_size: int, dp_rank: int, dp_world_size: int,
-                 num_workers: int, infinite: bool):
-        self.seq_len = seq_len
-        self.local_batch_size = local_batch_size
-        self.dp_rank = dp_rank
-        self.dp_world_size = dp_world_size
-        self.num_workers = num_workers
-        self.infinite = infinite
-        self._it: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
+    def _init_iteration(self) -> None:
+        self._it: Iterator | None = None
         self._finished = False
 
     # -- subclasses --------------------------------------------------------------------------
     @abc.abstractmethod
-    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _batches(self) -> Iterator:
         """Batches from the current state on, updating the state as each one is handed out."""
 
     @abc.abstractmethod
@@ -54,21 +42,26 @@ class TokenLoader(abc.ABC):
         if not isinstance(state, dict) or state.get("mode") != self.mode:
             got = state.get("mode") if isinstance(state, dict) else type(state).__name__
             raise DataError(f"cannot load a {got!r} data loader state into a {self.mode!r} loader")
+        self._check_state(state)
         self.close()
         self._load(state)
+        self._finished = False
+
+    def _check_state(self, state: dict) -> None:  # noqa: B027 (optional hook, not abstract)
+        """Checks of a state before it is loaded (subclasses: the keys that must match)."""
 
     def _check_same(self, state: dict, key: str, mine: object, why: str = "") -> None:
         if state.get(key) != mine:
             raise DataError(f"data loader state has {key}={state.get(key)!r}, this loader has {key}={mine!r}"
                             + (f": {why}" if why else ""))
 
-    def __iter__(self) -> TokenLoader:
+    def __iter__(self):
         if self._finished:
             self._finished = False
             self._reset()
         return self
 
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def __next__(self):
         if self._it is None:
             self._it = self._batches()
         try:
@@ -89,6 +82,25 @@ class TokenLoader(abc.ABC):
             self.close()
         except Exception:
             pass
+
+
+class TokenLoader(ResumableLoader):
+    """Yields `(inputs, labels)` LongTensors of shape [local_batch_size, seq_len].
+
+    Labels are the inputs shifted by one (both cut from one window of seq_len + 1 tokens). The
+    loader is its own iterator, so `next(loader)` may be called several times per optimizer step
+    (gradient accumulation).
+    """
+
+    def __init__(self, *, seq_len: int, local_batch_size: int, dp_rank: int, dp_world_size: int,
+                 num_workers: int, infinite: bool):
+        self.seq_len = seq_len
+        self.local_batch_size = local_batch_size
+        self.dp_rank = dp_rank
+        self.dp_world_size = dp_world_size
+        self.num_workers = num_workers
+        self.infinite = infinite
+        self._init_iteration()
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(seq_len={self.seq_len}, local_batch_size={self.local_batch_size}, "

@@ -1,7 +1,8 @@
-"""titan-models: model families (Llama 3, Qwen 3, DeepSeek V3) as plain nn.Modules, parallel plans as data, HF interop."""
+"""titan-models: model families (Llama 3, Qwen 3, DeepSeek V3, GPT-OSS, Llama 4, Flux) as plain nn.Modules, parallel plans as data, HF interop."""
 
 from titan_models.deepseek_v3 import DeepSeekV3Args, DeepSeekV3Model, DeepSeekV3StateDictAdapter
 from titan_models.errors import ModelConfigError
+from titan_models.flux import FluxArgs, FluxModel, FluxStateDictAdapter
 from titan_models.llama import (
     LlamaArgs,
     LlamaStateDictAdapter,
@@ -20,6 +21,9 @@ __all__ = [
     "DeepSeekV3Args",
     "DeepSeekV3Model",
     "DeepSeekV3StateDictAdapter",
+    "FluxArgs",
+    "FluxModel",
+    "FluxStateDictAdapter",
     "MODEL_SPECS",
     "LlamaArgs",
     "LlamaStateDictAdapter",

@@ -242,6 +242,11 @@ class ModelSpec:
     args_from_hf_config(config_dict, **overrides) -> args.
     pipeline_split_points(args) -> block FQNs at which a new pipeline stage may start.
     cp_buffers(model) -> [(tensor, seq_dim)]: buffers context parallel shards with the tokens.
+    task: what the model is trained for: "lm" (next-token prediction over a vocabulary) or
+        "diffusion" (Flux: a rectified-flow velocity over image latents); trainers pick the loss
+        and data by it.
+    params_fn / flops_fn: the family's own counts (args, exclude_embedding=, active=) -> int and
+        (args, seq_len) -> float, for models that are not decoders; None: the decoder formulas.
     blocks: attribute holding the repeated blocks (units of FSDP, activation checkpointing and
         compile); embedding / head / output: the modules before and after them (module_order(args)
         lists all in forward order); attention_cores: module pattern of the attention kernels (Ulysses hooks them);
@@ -276,6 +281,9 @@ class ModelSpec:
     hf_model_types: tuple[str, ...] = ()            # config.json "model_type" values this family reads
     load_original: Callable[[Any], tuple[dict, Any]] | None = None  # (folder) -> (state dict, args)
     description: str = ""
+    task: str = "lm"
+    params_fn: Callable[..., int] | None = None
+    flops_fn: Callable[[Any, int], float] | None = None
 
     def module_order(self, args: Any) -> list[str]:
         """Top-level modules in forward order, blocks by name: what pipeline stages are cut from."""
@@ -297,7 +305,12 @@ class ModelSpec:
 
     def num_params(self, args: Any, *, exclude_embedding: bool = False, active: bool = False) -> int:
         """Total parameters (tied once); active=True: a mixture of experts' top_k of its routed experts."""
+        if self.params_fn is not None:
+            return self.params_fn(args, exclude_embedding=exclude_embedding, active=active)
         return decoder_params(self.shape(args), exclude_embedding=exclude_embedding, active=active)
 
     def flops_per_token(self, args: Any, seq_len: int) -> float:
+        """Training FLOPs per token (decoder_flops_per_token, or the family's flops_fn)."""
+        if self.flops_fn is not None:
+            return self.flops_fn(args, seq_len)
         return decoder_flops_per_token(self.shape(args), seq_len)

@@ -114,6 +114,11 @@ class RunPlan:
         return self.spec.flops_per_token(self.args, self.batch.seq_len)
 
     @property
+    def task(self) -> str:
+        """"lm" (next-token prediction) or "diffusion" (the spec's task)."""
+        return getattr(self.spec, "task", "lm")
+
+    @property
     def moe(self) -> bool:
         """Whether the model has mixture-of-experts blocks."""
         return self.spec.shape(self.args).moe_layers > 0
@@ -319,7 +324,14 @@ def make_plan(cfg: JobConfig, *, world_size: int, device_type: str, vocab_size: 
     parallel = parallel_plan(cfg, dims, device_type, precision)
     _check_fsdp_options(cfg, parallel)
     spec = titan_models.get_model_spec(cfg.model.name)
-    args = model_args(cfg, spec, vocab_size, dims, eos_id)
+    if spec.task == "diffusion":  # images: joint image + text sequences, no vocabulary
+        from titan_train.diffusion import rules
+
+        rules.check(cfg, dims)
+        args = rules.model_args(cfg, spec, dims)
+        batch = dataclasses.replace(batch, seq_len=rules.joint_seq_len(cfg))
+    else:
+        args = model_args(cfg, spec, vocab_size, dims, eos_id)
     context = None
     if dims.cp > 1:
         context = ContextPlan(p.context_parallel_method, p.context_parallel_rotate_method)

@@ -82,10 +82,10 @@ def check_config(c: JobConfig) -> None:
         if conv not in CONVERTERS:
             raise ConfigError(f"model.converters: unknown converter {conv!r}; known: {CONVERTERS[0]}")
     unknown = set(c.checkpoint.exclude_from_loading) - {"model", "optimizer", "lr_scheduler", "dataloader",
-                                                         "train_state"}
+                                                         "train_state", "ema"}
     if unknown:
         raise ConfigError(f"checkpoint.exclude_from_loading: unknown part(s) {sorted(unknown)}; known: model, "
-                          "optimizer, lr_scheduler, dataloader, train_state")
+                          "optimizer, lr_scheduler, dataloader, train_state, ema (diffusion.ema_decay > 0)")
     _check_combinations(c)
     if c.compile.enable:
         bad = set(c.compile.components) - {"model", "loss"}
@@ -99,6 +99,14 @@ def check_config(c: JobConfig) -> None:
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"compile.backend = {c.compile.backend!r} is not a torch.compile backend; "
                               f"known: {', '.join(common)}.{hint}")
+
+
+def _task(c: JobConfig) -> str:
+    """The model family's task ("lm" or "diffusion"); "lm" for a name the model check will refuse."""
+    import titan_models
+
+    spec = titan_models.MODEL_SPECS.get(c.model.name)
+    return getattr(spec, "task", "lm")
 
 
 def _check_combinations(c: JobConfig) -> None:
@@ -122,7 +130,9 @@ def _check_combinations(c: JobConfig) -> None:
         if v.steps == 0 or v.steps < -1:
             raise ConfigError(f"validation.steps = {v.steps}: use a positive number of batches, or -1 for the "
                               "whole split")
-        if v.seq_len > t.seq_len:
+        if _task(c) != "lm":  # sequence lengths of a diffusion run come from its image size
+            pass
+        elif v.seq_len > t.seq_len:
             raise ConfigError(f"validation.seq_len = {v.seq_len} is longer than training.seq_len = {t.seq_len}, "
                               "the length the model's position table is built for")
         if p.context_parallel_degree > 1 and v.seq_len != t.seq_len:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from titan_train.config.fields import sub
+from titan_train.config.schema_diffusion import Diffusion, Encoder
 from titan_train.config.schema_run import Job, LRScheduler, Model, Optimizer, Training, Validation
 from titan_train.config.schema_system import (
     ActivationCheckpoint,
@@ -38,6 +39,8 @@ class JobConfig:
     comm: Comm = sub(Comm, "collective timeouts and flight recorder")
     validation: Validation = sub(Validation, "periodic validation")
     memory_estimation: MemoryEstimation = sub(MemoryEstimation, "memory estimate before training")
+    encoder: Encoder = sub(Encoder, "diffusion (flux): frozen text encoders and autoencoder")
+    diffusion: Diffusion = sub(Diffusion, "diffusion (flux): rectified-flow training and validation samples")
 
     @property
     def float8(self):

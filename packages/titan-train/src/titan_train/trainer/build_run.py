@@ -7,6 +7,7 @@ import dataclasses
 import os
 import sys
 
+import titan_models
 import titan_parallel as tp_lib
 import torch
 from titan_mesh import set_collective_timeout
@@ -96,10 +97,12 @@ def build_run(cfg: JobConfig, resume: checkpointing.Resume | None = None) -> Run
     check_dump_folder(cfg.job.dump_folder)
     if cfg.checkpoint.enable:  # an absolute checkpoint.folder may lie outside the dump folder
         check_dump_folder(str(dump_path(cfg, cfg.checkpoint.folder)), "checkpoint.folder")
-    tokenizer = load_tokenizer(cfg)                           # the tokenizer file
+    diffusion = titan_models.get_model_spec(cfg.model.name).task == "diffusion"
+    tokenizer = None if diffusion else load_tokenizer(cfg)    # the tokenizer file (a language model's)
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     plan = make_plan(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")), device_type=device_type,
-                     vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id)  # every layout rule, checked
+                     vocab_size=tokenizer.vocab_size if tokenizer else 0,
+                     eos_id=tokenizer.eos_id if tokenizer else None)  # every layout rule, checked
     if cfg.memory_estimation.enable:                          # a layout that cannot fit stops here
         from titan_train.memory import precheck
 
@@ -113,9 +116,16 @@ def build_run(cfg: JobConfig, resume: checkpointing.Resume | None = None) -> Run
                           "same number of batches)")
     layout = setup_distributed(cfg, plan)                     # process groups only after all checks
     dims, device = layout.dims, layout.info.device
-    loader = Prefetcher(build_loader(cfg, tokenizer, layout), device)  # dataset name/path
-    if cfg.validation.enable:  # its dataset is checked now, not at the first validation
-        build_loader(cfg, tokenizer, layout, validation=True)
+    task = None
+    if diffusion:  # images and captions, frozen encoders: the diffusion task's own pieces
+        from titan_train.diffusion.build import build_task
+
+        task = build_task(cfg, plan, layout, device)
+        loader = Prefetcher(task.loader(), device)
+    else:
+        loader = Prefetcher(build_loader(cfg, tokenizer, layout), device)  # dataset name/path
+        if cfg.validation.enable:  # its dataset is checked now, not at the first validation
+            build_loader(cfg, tokenizer, layout, validation=True)
     seed_everything(cfg, layout)
 
     with torch.device("meta"):
@@ -141,6 +151,9 @@ def build_run(cfg: JobConfig, resume: checkpointing.Resume | None = None) -> Run
     after_step = None
     if plan.float8 is not None and plan.float8.precompute_scale:
         after_step = lambda: [tp_lib.precompute_float8_scales(p) for p in parts]  # noqa: E731
+    ema_update = task.attach_ema(parts) if task is not None else None
+    if ema_update is not None:
+        after_step = _chain(after_step, ema_update)
     balance = None
     if plan.moe:
         balance = LoadBalance(parts, plan.spec.moe_modules, coeff=cfg.moe.load_balance_coeff,
@@ -150,7 +163,8 @@ def build_run(cfg: JobConfig, resume: checkpointing.Resume | None = None) -> Run
                         accum_steps=plan.batch.accum_steps, max_norm=cfg.training.max_norm, loss_fn=loss_fn,
                         clip_fn=lambda params, max_norm: tp_lib.clip_grad_norm_(params, max_norm, pp_mesh=pp_mesh),
                         train_context=train_context, pipeline=pipe, after_optimizer_step=after_step,
-                        after_backward=balance)
+                        after_backward=balance, forward_loss=task.forward_loss if task else None,
+                        tokens_of=task.tokens_of if task else None)
     m = cfg.metrics
     writer = layout.info.rank == 0 or m.save_for_all_ranks
     metrics = MetricsLogger(MetricsSettings(cfg.job.dump_folder, m.enable_tensorboard, m.save_tb_folder,
@@ -158,12 +172,15 @@ def build_run(cfg: JobConfig, resume: checkpointing.Resume | None = None) -> Run
                                             layout.info.rank, m.save_for_all_ranks),
                             config_for_wandb=dataclasses.asdict(cfg) if m.enable_wandb else None)
     validator = None
-    if cfg.validation.enable:
+    state = TrainState()
+    if cfg.validation.enable and task is not None:
+        validator = task.validator(parts[0], loss_mesh, train_context, metrics, lambda: state.step, layout.info.rank)
+    elif cfg.validation.enable:
         validator = make_validator(cfg, lambda: build_loader(cfg, tokenizer, layout, validation=True),
                                    parts[0], loss_fn, device, loss_mesh, train_context)
     run = Run(cfg=cfg, plan=plan, device=device, world_size=layout.info.world_size, parts=parts,
               optimizers=optimizers, schedulers=schedulers, loader=loader, step_runner=runner, metrics=metrics,
-              state=TrainState(), loss_mesh=loss_mesh, pp_mesh=pp_mesh, peak=device_peak(device),
+              state=state, loss_mesh=loss_mesh, pp_mesh=pp_mesh, peak=device_peak(device),
               validator=validator, profiler=make_profiler(cfg, layout.info.rank, device), schedule=schedule,
               dims=dims, moe=balance, mtp=MTPLoss(parts, loss_mesh, loss_scale=1.0 / plan.batch.accum_steps) or None)
     if layout.info.world_size > 1:  # the init timeout covers set-up and the first step
@@ -174,8 +191,19 @@ def build_run(cfg: JobConfig, resume: checkpointing.Resume | None = None) -> Run
     run.metrics.log_text(_banner(run, layout))
     for note in schedule.notes():
         run.metrics.log_text(note)
+    run.ema = task.ema if task is not None else None
+    if task is not None:
+        run.samples_per_token = 1.0 / task.seq_len
     checkpointing.attach(run, layout, plan.spec, plan.args, resume)
+    if run.ema is not None and (resume.step is None or resume.model_only):
+        run.ema.reset()  # the average starts at the initial (possibly loaded) weights
     return run
+
+
+def _chain(first, second):
+    if first is None:
+        return second
+    return lambda: (first(), second())
 
 
 def _banner(run: Run, layout) -> str:

@@ -122,7 +122,7 @@ def _states(run: Run, dp_rank: int) -> dict:
             "optimizer": titan_ckpt.OptimizerState(run.parts, run.optimizers),
             "lr_scheduler": SchedulersState(run.schedulers, schedule_record(run.schedule, run.cfg.optimizer.lr)),
             "dataloader": LoaderState(run.loader, dp_rank),
-            "train_state": run.state}
+            "train_state": run.state, **({"ema": run.ema} if run.ema is not None else {})}
 
 
 def schedule_record(s: ScheduleSettings, lr: float) -> dict:
@@ -230,7 +230,7 @@ def _resume(run: Run, cfg: JobConfig, resume: Resume) -> None:
     c = cfg.checkpoint
     exclude = set(c.exclude_from_loading)
     if resume.model_only:  # a seed checkpoint (or weights named by load_step): training starts at 1
-        exclude |= {"optimizer", "lr_scheduler", "dataloader", "train_state"}
+        exclude |= {"optimizer", "lr_scheduler", "dataloader", "train_state", "ema"}
     try:
         loaded = run.ckpt.load(run.states, step=resume.step, exclude=tuple(sorted(exclude)))
     except titan_ckpt.CheckpointError as e:

@@ -74,6 +74,11 @@ class MetricsLogger:
         if self.s.rank == 0 or self.s.save_for_all_ranks:
             print(self._console_line(record, steps_total, step_time_s), flush=True)
 
+    def log_images(self, tag: str, images, step: int) -> None:
+        """uint8 images [N, 3, H, W] to TensorBoard (when on), e.g. a diffusion run's samples."""
+        if self._tb is not None:
+            self._tb.add_images(tag, images, step, dataformats="NCHW")
+
     def log_text(self, message: str) -> None:
         if self.s.rank == 0:
             print(message, flush=True)

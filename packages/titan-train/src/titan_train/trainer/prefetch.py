@@ -17,6 +17,20 @@ from typing import Any
 import torch
 
 
+def to_device(batch, device: torch.device):
+    """Tensors (also inside a dict, e.g. an image batch) onto `device`; other values as they are."""
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if not isinstance(batch, torch.Tensor):
+        return batch
+    if device.type != "cuda":
+        return batch.to(device)
+    if batch.device.type == "cuda":
+        return batch
+    # pinned, so the copy runs behind the queued kernels instead of blocking the CPU
+    return batch.pin_memory().to(device, non_blocking=True)
+
+
 class Prefetcher:
     """Wraps a Titan loader: `next()` returns (inputs, labels) on `device`; `prefetch(n)` fetches
     n batches ahead and starts their host-to-device copies."""
@@ -43,11 +57,8 @@ class Prefetcher:
             self.wait_s += time.perf_counter() - t0
         return self._to_device(inputs), self._to_device(labels)
 
-    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
-        if self.device.type != "cuda":
-            return t.to(self.device)
-        # pinned, so the copy runs behind the queued kernels instead of blocking the CPU
-        return t.pin_memory().to(self.device, non_blocking=True)
+    def _to_device(self, t):
+        return to_device(t, self.device)
 
     def prefetch(self, n: int) -> None:
         if self._pending or self._error is not None:

@@ -42,6 +42,8 @@ class Run:
     dims: Any = None                     # titan_mesh.ParallelDims: close() destroys its groups
     moe: Any = None                      # trainer.moe.LoadBalance of a mixture of experts, or None
     mtp: Any = None                      # trainer.mtp.MTPLoss of multi-token prediction, or None
+    ema: Any = None                      # diffusion.ema.EMA of the weights (saved as "ema"), or None
+    samples_per_token: float = 0.0       # a diffusion run logs images/s: 1 / joint tokens per image
     validator: Callable[[], float] | None = None
     profiler: Callable[[], Any] = contextlib.nullcontext
     after_first_step: Callable[[], None] | None = None   # e.g. lower the collective timeout
@@ -58,6 +60,8 @@ class Run:
                                   "lr": lr, "tokens_per_second": tps,
                                   "step_time_s": elapsed / steps_in_window,
                                   "data_loading_pct": 100.0 * data_s / elapsed}
+        if self.samples_per_token:
+            record["images_per_second"] = tps * self.samples_per_token
         tflops = tps * self.plan.flops_per_token / 1e12
         record["tflops"] = tflops
         fp8 = self.plan.float8 is not None

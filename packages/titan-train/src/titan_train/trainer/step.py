@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from titan_train.trainer.prefetch import to_device
+
 
 def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token loss in float32 (bf16 logits lose too much precision in log-softmax)."""
@@ -33,7 +35,8 @@ class StepRunner:
                  accum_steps: int, max_norm: float, loss_fn: Callable, clip_fn: Callable,
                  train_context: Callable[[list[torch.Tensor]], contextlib.AbstractContextManager],
                  pipeline=None, after_optimizer_step: Callable[[], None] | None = None,
-                 after_backward: Callable[[], None] | None = None) -> None:
+                 after_backward: Callable[[], None] | None = None, forward_loss: Callable | None = None,
+                 tokens_of: Callable[[torch.Tensor], int] | None = None) -> None:
         # set by the trainer: e.g. wait for an async checkpoint to finish copying the parameters
         self.before_optimizer_step: Callable[[], None] | None = None
         self.parts, self.optimizers, self.schedulers = parts, optimizers, schedulers
@@ -43,14 +46,16 @@ class StepRunner:
         self.after_optimizer_step = after_optimizer_step
         self.after_backward = after_backward  # e.g. MoE load balancing: once per optimizer step
         self.params = [p for m in parts for p in m.parameters() if p.requires_grad]
+        # the task's micro-batch: (model, inputs, labels) -> loss; next-token prediction by default
+        # (a diffusion run passes its rectified-flow objective and counts its joint sequence tokens)
+        self.forward_loss = forward_loss or (lambda model, inputs, labels: loss_fn(model(inputs), labels))
+        self.tokens_of = tokens_of or (lambda labels: labels.numel())
 
     def _next_batch(self, it: Iterator) -> tuple[torch.Tensor, torch.Tensor, float]:
         t0 = time.perf_counter()
         inputs, labels = next(it)
         waited = time.perf_counter() - t0
-        non_blocking = self.device.type == "cuda"
-        return (inputs.to(self.device, non_blocking=non_blocking),
-                labels.to(self.device, non_blocking=non_blocking), waited)
+        return to_device(inputs, self.device), to_device(labels, self.device), waited
 
     def run(self, data: Iterator) -> StepResult:
         for opt in self.optimizers:
@@ -60,15 +65,14 @@ class StepRunner:
         for _ in range(self.accum_steps):
             inputs, labels, waited = self._next_batch(data)
             data_time += waited
-            tokens += labels.numel()
+            tokens += self.tokens_of(labels)
             if self.pipeline is not None:
                 # inside the train context too: context parallel shards each stage's sequence
                 with self.train_context([inputs, labels]):
                     total += self.pipeline.step(inputs, labels)
             else:
                 with self.train_context([inputs, labels]):
-                    logits = self.parts[0](inputs)
-                    loss = self.loss_fn(logits, labels) / self.accum_steps
+                    loss = self.forward_loss(self.parts[0], inputs, labels) / self.accum_steps
                     loss.backward()
                 loss = loss.detach()
                 total += loss.full_tensor() if hasattr(loss, "full_tensor") else loss  # loss-parallel DTensor
