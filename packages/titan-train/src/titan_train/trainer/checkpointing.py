@@ -230,7 +230,7 @@ def _resume(run: Run, cfg: JobConfig, resume: Resume) -> None:
     c = cfg.checkpoint
     exclude = set(c.exclude_from_loading)
     if resume.model_only:  # a seed checkpoint (or weights named by load_step): training starts at 1
-        exclude |= {"optimizer", "lr_scheduler", "dataloader", "train_state", "ema"}
+        exclude |= {"optimizer", "lr_scheduler", "dataloader", "train_state"} | ({"ema"} & set(run.states))
     try:
         loaded = run.ckpt.load(run.states, step=resume.step, exclude=tuple(sorted(exclude)))
     except titan_ckpt.CheckpointError as e:
