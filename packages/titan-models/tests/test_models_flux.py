@@ -367,3 +367,15 @@ def test_flux_args_defaults():
     a = FluxArgs()
     assert (a.hidden_size, a.num_heads, a.head_dim, a.mlp_hidden, a.out_dim, a.n_blocks) == (3072, 24, 128, 12288, 64, 57)
     assert dataclasses.replace(a, out_channels=None).out_dim == 64
+
+
+def test_pixel_autoencoder_keeps_flux_shapes_and_round_trips_blocky_images():
+    from titan_models.flux import PixelAutoEncoder
+
+    ae = PixelAutoEncoder()
+    blocks = torch.rand(2, 3, 8, 8) * 2 - 1  # an image made of 4x4-pixel blocks survives exactly
+    x = blocks.repeat_interleave(4, 2).repeat_interleave(4, 3)
+    z = ae.encode(x)
+    assert z.shape == (2, 16, 4, 4) and not any(True for _ in ae.parameters())
+    torch.testing.assert_close(ae.decode(z), x)
+    assert z[:, 12:].abs().sum() == 0

@@ -17,6 +17,7 @@ from titan_models.flux.flavors import FLAVORS
 from titan_models.flux.hf import FluxStateDictAdapter, args_from_hf_config
 from titan_models.flux.model import FluxModel
 from titan_models.flux.packing import image_ids, pack_latents, text_ids, unpack_latents
+from titan_models.flux.pixel_autoencoder import PixelAutoEncoder, PixelAutoEncoderArgs
 from titan_models.flux.sampling import denoise, time_schedule
 from titan_models.flux.validate import validate
 from titan_models.spec import ModelSpec, flavor_builder
@@ -70,6 +71,6 @@ FLUX = ModelSpec(
 )
 
 __all__ = ["AE_FLAVORS", "FLAVORS", "FLUX", "AutoEncoder", "AutoEncoderArgs", "FluxArgs", "FluxModel",
-           "FluxStateDictAdapter", "TextEncoders", "ToyTokenizer", "args_from_hf_config", "build",
+           "FluxStateDictAdapter", "PixelAutoEncoder", "PixelAutoEncoderArgs", "TextEncoders", "ToyTokenizer", "args_from_hf_config", "build",
            "build_text_encoders", "cp_buffers", "denoise", "image_ids", "load_autoencoder", "pack_latents",
            "pipeline_split_points", "text_ids", "time_schedule", "tp_plan", "unpack_latents", "validate"]

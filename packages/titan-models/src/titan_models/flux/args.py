@@ -130,6 +130,8 @@ def configure(args: FluxArgs, options: RunOptions) -> FluxArgs:
         if not 1 <= n <= args.n_blocks:
             raise ModelConfigError(f"n_layers={n}: this Flux model has {args.n_blocks} blocks "
                                    f"({args.depth} double + {args.depth_single_blocks} single); keep 1..{args.n_blocks}")
-        changes["depth"] = min(args.depth, n)
+        # a shallower model of the same shape: n blocks split as the flavor splits them (flux-dev's
+        # 19 double + 38 single: n = 18 keeps 6 + 12)
+        changes["depth"] = min(args.depth, round(n * args.depth / args.n_blocks))
         changes["depth_single_blocks"] = n - changes["depth"]
     return dataclasses.replace(args, **changes)

@@ -69,8 +69,9 @@ def check_config(c: JobConfig) -> None:
     if not 0.0 <= c.lr_scheduler.min_lr_factor <= 1.0:
         raise ConfigError(f"lr_scheduler.min_lr_factor = {c.lr_scheduler.min_lr_factor} must be within [0, 1]")
     ratio = c.lr_scheduler.decay_ratio
-    if ratio is not None and not 0.0 < ratio <= 1.0:
-        raise ConfigError(f"lr_scheduler.decay_ratio = {ratio} must be within (0, 1], or unset")
+    if ratio is not None and not 0.0 <= ratio <= 1.0:
+        raise ConfigError(f"lr_scheduler.decay_ratio = {ratio} must be within [0, 1] (0: no decay, the peak LR "
+                          "after warm-up, as in torchtitan), or unset")
     opt = c.activation_checkpoint.selective_ac_option
     if c.activation_checkpoint.mode == "selective" and opt != "op" and not (opt.isdigit() and int(opt) > 0):
         raise ConfigError(f"activation_checkpoint.selective_ac_option = {opt!r}: use 'op' or a positive "

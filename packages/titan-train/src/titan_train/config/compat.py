@@ -24,6 +24,12 @@ RENAMED: dict[str, str] = {
     "training.dataloader.num_workers": "training.num_workers",
     "debug.seed": "training.seed",
     "debug.deterministic": "training.deterministic",
+    # torchtitan's Flux job config (its training / validation extensions) -> Titan's [diffusion]
+    "training.classifier_free_guidance_prob": "diffusion.classifier_free_guidance_prob",
+    "training.img_size": "diffusion.img_size",
+    "validation.denoising_steps": "diffusion.denoising_steps",
+    "validation.save_img_count": "diffusion.save_img_count",
+    "validation.save_img_folder": "diffusion.save_img_folder",
     **{f"float8.{k}": f"quantize.linear.float8.{k}" for k in (
         "enable_fsdp_float8_all_gather", "precompute_float8_dynamic_scale_for_fsdp", "recipe_name",
         "filter_fqns", "emulate")},
@@ -57,7 +63,11 @@ IGNORED_SECTIONS: dict[str, str] = {  # inert without a switch that Titan refuse
     "quantize.linear.mx.": "MXFP8 (converter 'quantize.linear.mx'), which Titan does not have",
     "quantize.grouped_mm.": "grouped-GEMM quantization of MoE experts, which Titan does not have",
     "fault_tolerance.": "TorchFT, which Titan does not integrate (fault_tolerance.enable must stay false)",
+    "inference.": "read by torchtitan's separate Flux inference script; Titan samples during validation",
 }
+# config modules of torchtitan's model folders whose keys Titan has natively
+NATIVE_CONFIG_MODULES = {"torchtitan.models.flux.job_config": "[encoder] and [diffusion]",
+                         "torchtitan.experiments.flux.job_config": "[encoder] and [diffusion]"}
 
 # Accepted at torchtitan's default only: any other value asks for something Titan does not do.
 DEFAULT_ONLY: dict[str, tuple[tuple[Any, ...], str]] = {
@@ -83,7 +93,13 @@ DEFAULT_ONLY: dict[str, tuple[tuple[Any, ...], str]] = {
     "experimental.custom_import": (("",), "importing user modules"),
     "experimental.custom_args_module": (("",), "user modules extending the config"),
     "fault_tolerance.enable": ((False,), "TorchFT fault tolerance"),
+    "validation.all_timesteps": ((False,), "stratified timesteps per validation sample (Titan draws one per "
+                                           "sample, fixed by its id)"),
+    "training.test_mode": ((False,), "random encoders built to the real ones' widths: use encoder.t5_encoder = "
+                                     "encoder.clip_encoder = 'tiny' with model.flavor = 'flux-debug'"),
 }
+# torchtitan's two switches for validation guidance, one Titan key (diffusion.cfg_scale; 1 = off)
+_CFG_ON, _CFG_SCALE = "validation.enable_classifier_free_guidance", "validation.classifier_free_guidance_scale"
 
 # Dataset names torchtitan registers that mean one of Titan's in a given place.
 VALIDATION_DATASETS = {"c4_validation": "c4"}  # Titan reads each dataset's validation split itself
@@ -92,6 +108,12 @@ TORCHTITAN_DATASETS = {  # no Titan counterpart under that name: what to write i
                "'<torchtitan>/tests/assets/c4_test', or the bundled corpus ('bundled', the default) offline",
     "c4_validation": "c4's validation split: Titan trains on c4's train split ('c4') and validates on its "
                      "validation split (validation.dataset = 'c4')",
+    "cc12m-wds": "CC12M as webdataset shards on the Hugging Face Hub: use dataset = 'pixparse/cc12m-wds' "
+                 "(streamed through HF datasets)",
+    "cc12m-test": "a CC12M sample tar inside a torchtitan checkout: use dataset = 'webdataset' with dataset_path = "
+                  "'<torchtitan>/tests/assets/cc12m_test', or Titan's offline 'synthetic_shapes'",
+    "coco-validation": "COCO captions on the Hub: give its Hugging Face id (e.g. validation.dataset = "
+                       "'howard-hou/COCO-Text'), or 'synthetic_shapes' offline",
 }
 
 
@@ -133,6 +155,9 @@ def translate_key(key: str, value: Any, notes: list[str], where: str) -> str | N
     if key in IGNORED:
         notes.append(f"{where}: {key} ignored ({IGNORED[key]})")
         return None
+    if key == "job.custom_config_module" and value in NATIVE_CONFIG_MODULES:
+        notes.append(f"{where}: {key} = {value!r} not needed (Titan has its keys: {NATIVE_CONFIG_MODULES[value]})")
+        return None
     if key in DEFAULT_ONLY:
         allowed, what = DEFAULT_ONLY[key]
         if not _same(value, allowed):
@@ -152,7 +177,13 @@ def translate(data: dict[str, Any], notes: list[str], where: str) -> dict[str, A
     """A TOML dict with torchtitan's keys turned into Titan's (see the tables above)."""
     flat: dict[str, Any] = {}
     origin: dict[str, str] = {}
-    for key, value in flatten(data).items():
+    raw = flatten(data)
+    if _CFG_ON in raw or _CFG_SCALE in raw:
+        on, scale = raw.pop(_CFG_ON, False), raw.pop(_CFG_SCALE, 5.0)
+        raw["diffusion.cfg_scale"] = float(scale) if on in (True, "true", "True", "1") else 1.0
+        notes.append(f"{where}: torchtitan's {_CFG_ON} / {_CFG_SCALE} read as diffusion.cfg_scale = "
+                     f"{raw['diffusion.cfg_scale']} (1 = no guidance)")
+    for key, value in raw.items():
         new = translate_key(key, value, notes, where)
         if new is None:
             continue
@@ -161,6 +192,8 @@ def translate(data: dict[str, Any], notes: list[str], where: str) -> dict[str, A
                               f"({new}) to different values; keep one")
         flat[new], origin[new] = value, key
     _check_dataset(flat.get("training.dataset"), "training.dataset", where)
+    if flat.get("validation.dataset") == "coco-validation":
+        _check_dataset("coco-validation", "validation.dataset", where)
     dataset = flat.get("validation.dataset")
     if dataset in VALIDATION_DATASETS:
         flat["validation.dataset"] = VALIDATION_DATASETS[dataset]

@@ -16,7 +16,10 @@ class Encoder:
     clip_encoder: str = opt("tiny", "CLIP text encoder: a local Hugging Face folder, 'tiny' or 'none'")
     autoencoder_path: str | None = opt(None, "the autoencoder's weights (BFL's ae.safetensors); unset = random "
                                              "weights of autoencoder_flavor (tests, benchmarks)")
-    autoencoder_flavor: str = opt("debug", "autoencoder shape when no weights are given", choices=("debug", "flux"))
+    autoencoder_flavor: str = opt("pixels", "autoencoder when no weights are given: pixels (no weights: 4x pooled "
+                                            "pixels folded into 16 channels, so debug samples are pictures), "
+                                            "debug (a tiny random one), flux (FLUX.1's shape, random)",
+                                  choices=("pixels", "debug", "flux"))
     max_t5_encoding_len: int = opt(256, "text tokens per caption (T5 positions; the model sees them all)")
 
 

@@ -4,7 +4,7 @@ loaders, the frozen encoders, the objective, the validator and the EMA."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import titan_data
@@ -24,14 +24,15 @@ class PairLoader:
 
     def __init__(self, loader) -> None:
         self.loader = loader
-        self.mode = "images"
+        self.mode = loader.mode  # "image_map" resumes under any layout (LoaderState shares it)
 
     def __iter__(self):
         return self
 
     def __next__(self):
         batch = next(self.loader)
-        return batch, batch["sample_ids"]
+        # the ids as a plain list: they stay on the CPU (the step draws noise from them there)
+        return batch, batch["sample_ids"].tolist()
 
     def state_dict(self) -> dict:
         return self.loader.state_dict()
@@ -57,15 +58,16 @@ class DiffusionTask:
     cfg: JobConfig
     layout: object
     ema: EMA | None = None
+    notes: list[str] = field(default_factory=list)   # start-up lines: defaults the run filled in
 
     def loader(self) -> PairLoader:
         return PairLoader(image_loader(self.cfg, self.layout))
 
-    def forward_loss(self, model, batch: dict, sample_ids: torch.Tensor) -> torch.Tensor:
+    def forward_loss(self, model, batch: dict, sample_ids: list[int]) -> torch.Tensor:
         return self.objective(model, batch, sample_ids)
 
-    def tokens_of(self, sample_ids: torch.Tensor) -> int:
-        return sample_ids.numel() * self.seq_len
+    def tokens_of(self, sample_ids: list[int]) -> int:
+        return len(sample_ids) * self.seq_len
 
     def attach_ema(self, parts) -> Callable[[], None] | None:
         """The EMA of `parts` when diffusion.ema_decay > 0; returns its per-step update."""
@@ -93,6 +95,15 @@ def build_task(cfg: JobConfig, plan, layout, device: torch.device) -> DiffusionT
     objective = FlowMatching(cond, rules.flow_settings(cfg), seed=cfg.training.seed or 0, guidance=guidance,
                              latent_hw=rules.latent_hw(cfg))
     task = DiffusionTask(cond, objective, rules.joint_seq_len(cfg), cfg, layout)
+    for key, src in (("training.dataset", cfg.training), ("validation.dataset", cfg.validation)):
+        if src.dataset == "bundled" and (key == "training.dataset" or cfg.validation.enable):
+            task.notes.append(f"{key} = 'bundled' (the language models' corpus) read as '{rules.DEFAULT_DATASET}', "
+                              "Titan's offline image-caption set")
+    e = cfg.encoder
+    if not e.autoencoder_path and cfg.model.flavor != "flux-debug":
+        task.notes.append(f"encoder.autoencoder_path is unset: latents come from the random/weightless "
+                          f"'{e.autoencoder_flavor}' autoencoder, not FLUX.1's (set it to BFL's ae.safetensors "
+                          "for real images)")
     if cfg.validation.enable:
         image_loader(cfg, layout, validation=True)
     return task

@@ -60,7 +60,13 @@ def build_conditioner(s: EncoderSettings, args, *, device: torch.device, dtype: 
                       seed: int = 0) -> Conditioner:
     """The autoencoder and text encoders of `s`, checked against the model's input widths (the
     error names the config key). Random weights are drawn from `seed` on every rank alike."""
-    from titan_models.flux import AE_FLAVORS, AutoEncoder, build_text_encoders, load_autoencoder
+    from titan_models.flux import (
+        AE_FLAVORS,
+        AutoEncoder,
+        PixelAutoEncoder,
+        build_text_encoders,
+        load_autoencoder,
+    )
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -70,6 +76,8 @@ def build_conditioner(s: EncoderSettings, args, *, device: torch.device, dtype: 
                 raise ConfigError(f"encoder.autoencoder_path = {s.autoencoder_path!r} is not a file (BFL's "
                                   "ae.safetensors); unset it for random autoencoder weights")
             ae = load_autoencoder(str(path))
+        elif s.autoencoder_flavor == "pixels":  # no weights: pooled pixels as latents (debug runs)
+            ae = PixelAutoEncoder()
         else:
             ae = AutoEncoder(AE_FLAVORS[s.autoencoder_flavor])
             ae.init_weights()

@@ -17,8 +17,13 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 class EMA:
     def __init__(self, parts: list[nn.Module], decay: float) -> None:
-        self.decay = decay
-        self.named = [(f"{i}.{n}", p) for i, m in enumerate(parts) for n, p in m.named_parameters() if p.requires_grad]
+        from titan_models.init import canonical_name
+
+        self.decay, self.parts = decay, parts
+        # keys without wrapper prefixes (activation checkpointing, compile): a checkpoint resumes
+        # whatever those settings are
+        self.named = [(f"{i}.{canonical_name(n)}", p) for i, m in enumerate(parts)
+                      for n, p in m.named_parameters() if p.requires_grad]
         with torch.no_grad():
             self.shadow = {n: p.detach().clone() for n, p in self.named}
 
@@ -33,6 +38,16 @@ class EMA:
         shadows = [_local(self.shadow[n]) for n, _ in self.named]
         torch._foreach_lerp_(shadows, [_local(p) for _, p in self.named], 1.0 - self.decay)
 
+    def _reshard(self) -> None:
+        """Free FSDP's gathered copies (the root and the last block keep theirs after a forward),
+        so the next forward gathers the shards as they are now."""
+        from torch.distributed.fsdp import FSDPModule
+
+        for part in self.parts:
+            for m in part.modules():
+                if isinstance(m, FSDPModule):
+                    m.reshard()
+
     @contextlib.contextmanager
     def swapped_in(self):
         """The averaged weights in the model for the block's duration (in place: FSDP's own
@@ -41,12 +56,14 @@ class EMA:
             saved = [_local(p).clone() for _, p in self.named]
             for n, p in self.named:
                 _local(p).copy_(_local(self.shadow[n]))
+        self._reshard()
         try:
             yield
         finally:
             with torch.no_grad():
                 for (_, p), s in zip(self.named, saved):
                     _local(p).copy_(s)
+            self._reshard()
 
     # torch.distributed.checkpoint's Stateful protocol
     def state_dict(self) -> dict:

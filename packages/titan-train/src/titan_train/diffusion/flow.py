@@ -55,10 +55,11 @@ class Draws:
     drop_clip: torch.Tensor    # [B] bool: the same for CLIP
 
 
-def draw(sample_ids: torch.Tensor, seed: int, purpose: int, latent_shape: tuple[int, ...], image_tokens: int,
+def draw(sample_ids, seed: int, purpose: int, latent_shape: tuple[int, ...], image_tokens: int,
          s: FlowSettings) -> Draws:
     noise, t, drops = [], [], []
-    for sid in sample_ids.tolist():
+    ids = sample_ids.tolist() if isinstance(sample_ids, torch.Tensor) else list(sample_ids)
+    for sid in ids:
         g = torch.Generator().manual_seed(sample_seed(seed, int(sid), purpose))
         u = torch.rand(3, generator=g, dtype=torch.float64)
         if s.timestep_sampling == "uniform":

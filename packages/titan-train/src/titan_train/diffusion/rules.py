@@ -78,16 +78,17 @@ def check(cfg: JobConfig, dims) -> None:
 
 
 def model_args(cfg: JobConfig, spec, dims):
-    """The flavor's args, validated under the degrees. Of the language-model run options only
-    model.n_layers applies: n cuts the model to n double-stream and 2n single-stream blocks
-    (Flux's 1:2 ratio; a shallower model of the same width, for benchmarks)."""
+    """The flavor's args with the model options that apply to a diffusion model (n_layers, the
+    SDPA kernels; the family refuses attn_backend / tie_embeddings it has not), validated under
+    the degrees. model.n_layers = n keeps n blocks, split as the flavor splits double- and
+    single-stream blocks (flux-dev: n = 18 keeps 6 + 12)."""
+    from titan_models import RunOptions
+
     from titan_train.plan import DEGREE_KEYS
 
     m = cfg.model
-    args = spec.args_for(m.flavor)
-    if m.n_layers > 0:
-        args = spec.override(args, {"depth": m.n_layers, "depth_single_blocks": 2 * m.n_layers},
-                             where=f"{m.name} {m.flavor}")
-
+    options = RunOptions(n_layers=m.n_layers if m.n_layers > 0 else None, tie_embeddings=m.tie_embeddings,
+                         attn_backend=m.attn_backend, sdpa_kernels=tuple(m.sdpa_kernels))
+    args = spec.with_options(spec.args_for(m.flavor), options)
     spec.validate(args, tp=dims.tp, cp=dims.cp, pp=dims.pp, names=DEGREE_KEYS)
     return args

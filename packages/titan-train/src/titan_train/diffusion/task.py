@@ -25,13 +25,15 @@ class FlowMatching:
         from titan_models.flux import image_ids, pack_latents, text_ids
 
         x0, t5, clip = self.cond.encode(batch)
-        d = flow.draw(sample_ids.cpu(), self.seed, purpose, tuple(x0.shape[1:]), self.image_tokens, self.settings)
+        d = flow.draw(sample_ids, self.seed, purpose, tuple(x0.shape[1:]), self.image_tokens, self.settings)
         dev = x0.device
+        if dev.type == "cuda":  # pinned: the copy queues behind the GPU's work instead of blocking
+            d.noise = d.noise.pin_memory()
         if self.settings.cfg_prob > 0:  # guidance dropout: the empty caption's encodings instead
             e5, eclip = self.cond.empty
             t5 = torch.where(d.drop_t5.to(dev).view(-1, 1, 1), e5.expand_as(t5), t5)
             clip = torch.where(d.drop_clip.to(dev).view(-1, 1), eclip.expand_as(clip), clip)
-        x_t, target = flow.noisy(x0.float(), d.noise.to(dev), d.t.to(dev))
+        x_t, target = flow.noisy(x0.float(), d.noise.to(dev, non_blocking=True), d.t.to(dev))
         b, _, h, w = x0.shape
         kwargs = {"img": pack_latents(x_t).to(x0.dtype), "img_ids": image_ids(b, h, w, dev), "txt": t5,
                   "txt_ids": text_ids(b, t5.shape[1], dev), "timesteps": d.t.to(dev), "y": clip}

@@ -43,7 +43,8 @@ def save_pngs(images: torch.Tensor, captions: list[str], folder: Path) -> None:
 @torch.no_grad()
 def sample(model: nn.Module, objective: FlowMatching, captions: list[str], ids: torch.Tensor,
            s: SampleSettings) -> torch.Tensor:
-    """Images [N, 3, H, W] in [-1, 1] for `captions`, from noise seeded by (run seed, id)."""
+    """Images [N, 3, H, W] in [-1, 1] for `captions`, from noise seeded by (run seed, id); the
+    schedule is shifted when training shifts its timesteps (diffusion.time_shift)."""
     from titan_models.flux import image_ids, pack_latents, text_ids, unpack_latents
     from titan_models.flux.sampling import denoise, time_schedule
 
@@ -61,7 +62,8 @@ def sample(model: nn.Module, objective: FlowMatching, captions: list[str], ids: 
         uncond = (e5.expand(n, -1, -1), eclip.expand(n, -1))
     guidance = None if objective.guidance is None else torch.full((n,), objective.guidance, device=cond.device)
     packed = denoise(model, noise, image_ids(n, h, w, cond.device), t5, text_ids(n, t5.shape[1], cond.device), clip,
-                     time_schedule(s.steps, objective.image_tokens, shift=True), guidance=guidance,
+                     time_schedule(s.steps, objective.image_tokens, shift=objective.settings.time_shift),
+                   guidance=guidance,
                      cfg_scale=s.cfg_scale if uncond is not None else None, uncond=uncond)
     packed = packed.full_tensor() if hasattr(packed, "full_tensor") else packed
     return cond.decode(unpack_latents(packed, h, w))
@@ -73,17 +75,22 @@ def make_validator(build_loader: Callable[[], object], model: nn.Module, objecti
     """validate() -> the mean validation loss over `batches` batches (-1: the whole split), after
     writing this step's samples."""
 
+    loader = build_loader()
+    start = loader.state_dict()  # every evaluation reads the same batches
+
     @torch.no_grad()
     def validate() -> float:
         total, count, first = 0.0, 0, None
+        loader.load_state_dict(start)
+        for i, batch in enumerate(loader):
+            if 0 <= batches <= i:
+                break
+            first = first or batch
+            with train_context([]):
+                total += float(objective(model, batch, batch["sample_ids"], flow.VALIDATION))
+            count += 1
+        # the loss is the trained weights'; the samples come from the EMA when there is one
         with ema.swapped_in() if ema is not None else contextlib.nullcontext():
-            for i, batch in enumerate(build_loader()):
-                if 0 <= batches <= i:
-                    break
-                first = first or batch
-                with train_context([]):
-                    total += float(objective(model, batch, batch["sample_ids"], flow.VALIDATION))
-                count += 1
             if samples.count > 0 and first is not None:
                 captions = list(first["captions"][:samples.count])
                 images = to_uint8(sample(model, objective, captions, first["sample_ids"][:len(captions)], samples))

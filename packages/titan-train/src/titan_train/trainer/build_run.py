@@ -126,7 +126,9 @@ def build_run(cfg: JobConfig, resume: checkpointing.Resume | None = None) -> Run
         loader = Prefetcher(build_loader(cfg, tokenizer, layout), device)  # dataset name/path
         if cfg.validation.enable:  # its dataset is checked now, not at the first validation
             build_loader(cfg, tokenizer, layout, validation=True)
-    seed_everything(cfg, layout)
+    seed = seed_everything(cfg, layout)
+    if task is not None:  # the run's seed (drawn and broadcast when unset) seeds every sample's noise
+        task.objective.seed = seed
 
     with torch.device("meta"):
         model = plan.spec.build(plan.args)
@@ -189,13 +191,16 @@ def build_run(cfg: JobConfig, resume: checkpointing.Resume | None = None) -> Run
         run.after_training = lambda: set_collective_timeout(cfg.comm.init_timeout_seconds,
                                                             dims.process_groups(), barrier=False)
     run.metrics.log_text(_banner(run, layout))
+    for note in task.notes if task is not None else ():
+        run.metrics.log_text(note)
     for note in schedule.notes():
         run.metrics.log_text(note)
     run.ema = task.ema if task is not None else None
     if task is not None:
         run.samples_per_token = 1.0 / task.seq_len
     checkpointing.attach(run, layout, plan.spec, plan.args, resume)
-    if run.ema is not None and (resume.step is None or resume.model_only):
+    if run.ema is not None and (resume.step is None or resume.model_only
+                                or "ema" in cfg.checkpoint.exclude_from_loading):
         run.ema.reset()  # the average starts at the initial (possibly loaded) weights
     return run
 

@@ -62,13 +62,14 @@ def resync_lr(sched) -> None:
 class LoaderState:
     """The data loader's position, keyed by data-parallel rank (DCP keeps one copy per key).
 
-    A pre-tokenized loader's state is the same on every rank (samples consumed of one global
-    order), so it is stored once and resumes under any data-parallel degree.
+    A pre-tokenized (or map-style image) loader's state is the same on every rank (samples
+    consumed of one global order), so it is stored once and resumes under any data-parallel degree.
     """
 
     def __init__(self, loader, dp_rank: int) -> None:
         self.loader, self.dp_rank = loader, dp_rank
-        self.shared = getattr(loader, "mode", None) == "pretokenized"
+        # pre-tokenized and map-style image loaders count samples of one global order
+        self.shared = getattr(loader, "mode", None) in ("pretokenized", "image_map")
 
     def _key(self) -> str:
         return "all_ranks" if self.shared else f"dp_rank_{self.dp_rank}"
