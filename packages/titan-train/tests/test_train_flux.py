@@ -130,6 +130,19 @@ def test_flux_resume_matches_the_uninterrupted_run(tmp_path):
     assert '"ema.shadow.0.' in meta
 
 
+def test_flux_checkpoint_of_one_process_resumes_on_two_ranks(tmp_path):
+    # the image loader's state is one position in the global stream: a larger dp degree continues it
+    ckpt = ["--checkpoint.enable", "--checkpoint.interval", "2", "--checkpoint.last_save_model_only", "false"]
+    with DistributedPool(world_size=1) as pool:
+        full = pool.run(_run, str(tmp_path / "full"), ckpt)[0]
+        first = pool.run(_run, str(tmp_path / "split"), [*ckpt, "--training.stop_at_step", "2"])[0]
+    with DistributedPool(world_size=2) as pool:
+        second = pool.run(_run, str(tmp_path / "split"), ckpt)[0][len(first):]
+    assert [r["step"] for r in second] == [3, 4]
+    for a, b in zip(full[2:], second):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), a["step"]
+
+
 def _checkpoint_keys(folder: Path) -> list[str]:
     from torch.distributed.checkpoint import FileSystemReader
 
