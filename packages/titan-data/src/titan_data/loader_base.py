@@ -5,7 +5,23 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator
 
+import torch
+
 from titan_data.errors import DataError
+
+
+class BatchCounter(torch.utils.data.Sampler):
+    """Batch indices 0, 1, 2, ... (up to `stop`, or forever): a map-style batch dataset's sampler,
+    so DataLoader workers hand batches back in index order."""
+
+    def __init__(self, stop: int | None):
+        self.stop = stop
+
+    def __iter__(self):
+        k = 0
+        while self.stop is None or k < self.stop:
+            yield k
+            k += 1
 
 
 class ResumableLoader(abc.ABC):

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from titan_data.errors import DataError
-from titan_data.loader_base import TokenLoader
+from titan_data.loader_base import BatchCounter, TokenLoader
 from titan_data.permutation import epoch_key, permute
 from titan_data.tokens import TokenStore
 
@@ -45,17 +45,6 @@ class _Batches(torch.utils.data.Dataset):
 
     def __len__(self) -> int:  # only used by finite passes
         return max(0, (self.num_windows - self.start) // (self.dp * self.batch))
-
-
-class _Count(torch.utils.data.Sampler):
-    def __init__(self, stop: int | None):
-        self.stop = stop
-
-    def __iter__(self):
-        k = 0
-        while self.stop is None or k < self.stop:
-            yield k
-            k += 1
 
 
 class PretokenizedLoader(TokenLoader):
@@ -103,7 +92,7 @@ class PretokenizedLoader(TokenLoader):
                 k += 1
                 yield batch
             return
-        loader = torch.utils.data.DataLoader(ds, batch_size=None, sampler=_Count(stop), num_workers=self.num_workers)
+        loader = torch.utils.data.DataLoader(ds, batch_size=None, sampler=BatchCounter(stop), num_workers=self.num_workers)
         for batch in loader:
             self.samples += self.global_batch_size
             yield batch

@@ -17,7 +17,7 @@ import torch
 
 from titan_data.errors import DataError
 from titan_data.images.source import MapSource
-from titan_data.loader_base import ResumableLoader
+from titan_data.loader_base import BatchCounter, ResumableLoader
 from titan_data.permutation import epoch_key, permute
 
 Batch = dict[str, Any]
@@ -81,17 +81,6 @@ class _BatchAt(torch.utils.data.Dataset):
         return max(0, (len(self.source) - self.start) // (self.dp * self.batch))
 
 
-class _Count(torch.utils.data.Sampler):
-    def __init__(self, stop: int | None):
-        self.stop = stop
-
-    def __iter__(self):
-        k = 0
-        while self.stop is None or k < self.stop:
-            yield k
-            k += 1
-
-
 class MapImageLoader(ImageCaptionLoader):
     """Loader over a map-style source (synthetic, webdataset, local HF dataset, latent cache).
 
@@ -123,9 +112,9 @@ class MapImageLoader(ImageCaptionLoader):
         ds = _BatchAt(self.source, self.samples, self.local_batch_size, self.dp_rank, self.dp_world_size, self.seed)
         stop = None if self.infinite else len(ds)
         if self.num_workers == 0:
-            batches = (ds[k] for k in _Count(stop))
+            batches = (ds[k] for k in BatchCounter(stop))
         else:  # the DataLoader hands batches back in sampler order, so workers never reorder them
-            batches = iter(torch.utils.data.DataLoader(ds, batch_size=None, sampler=_Count(stop),
+            batches = iter(torch.utils.data.DataLoader(ds, batch_size=None, sampler=BatchCounter(stop),
                                                        num_workers=self.num_workers))
         for batch in batches:
             self.samples += self.global_batch_size
