@@ -13,20 +13,29 @@ import torch
 from torch import nn
 
 
+def shift_mu(image_seq_len: int, base_shift: float = 0.5, max_shift: float = 1.15) -> float:
+    """BFL's resolution-dependent shift: mu linear in the image's token count, base_shift at 256
+    tokens and max_shift at 4096 (larger images need more noise to destroy the same structure)."""
+    return base_shift + (max_shift - base_shift) / (4096 - 256) * (image_seq_len - 256)
+
+
+def shift_time(t, mu: float):
+    """t -> e^mu / (e^mu + 1/t - 1) (a float or a tensor of t in (0, 1)): toward t = 1 for mu > 0."""
+    e = math.exp(mu)
+    return e / (e + (1 / t - 1))
+
+
 def time_schedule(steps: int, image_seq_len: int, shift: bool = True, *, base_shift: float = 0.5,
                   max_shift: float = 1.15) -> list[float]:
-    """steps + 1 times from 1 down to 0. shift: BFL's resolution-dependent shift, which spends more
-    steps at high noise for longer sequences: mu grows linearly in image_seq_len from base_shift
-    (256 tokens) to max_shift (4096), and t -> e^mu / (e^mu + 1/t - 1)."""
+    """steps + 1 times from 1 down to 0. shift: BFL's shift (shift_mu / shift_time), which spends
+    more steps at high noise for longer sequences."""
     if steps < 1:
         raise ValueError(f"steps={steps} must be >= 1")
     times = [1.0 - i / steps for i in range(steps + 1)]
     if not shift:
         return times
-    slope = (max_shift - base_shift) / (4096 - 256)
-    mu = base_shift + slope * (image_seq_len - 256)
-    e = math.exp(mu)
-    return [0.0 if t <= 0 else 1.0 if t >= 1 else e / (e + (1 / t - 1)) for t in times]
+    mu = shift_mu(image_seq_len, base_shift, max_shift)
+    return [0.0 if t <= 0 else 1.0 if t >= 1 else shift_time(t, mu) for t in times]
 
 
 def _batch(value, batch: int, device: torch.device) -> torch.Tensor | None:

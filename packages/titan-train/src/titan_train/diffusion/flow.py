@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from titan_models.flux.sampling import shift_mu, shift_time
 
 TRAIN, VALIDATION, SAMPLE = 0, 1, 2  # purposes: training steps, validation loss, sampled images
 _M = (1 << 63) - 1
@@ -34,17 +35,6 @@ def sample_seed(seed: int, sample_id: int, purpose: int) -> int:
     x ^= x >> 31
     x = (x * 0xD6E8FEB86659FD93) & _M
     return x ^ (x >> 29)
-
-
-def shift_mu(image_tokens: int) -> float:
-    """Flux's resolution-dependent shift: mu linear in the image's token count, 0.5 at 256 tokens
-    and 1.15 at 4096 (larger images need more noise to destroy the same structure)."""
-    return 0.5 + (1.15 - 0.5) * (image_tokens - 256) / (4096 - 256)
-
-
-def shift_time(t: torch.Tensor, mu: float) -> torch.Tensor:
-    """t -> e^mu / (e^mu + 1/t - 1): moves timesteps toward t = 1 (noise) for mu > 0."""
-    return math.exp(mu) / (math.exp(mu) + (1 / t.clamp_min(1e-6) - 1))
 
 
 @dataclass
@@ -71,7 +61,7 @@ def draw(sample_ids, seed: int, purpose: int, latent_shape: tuple[int, ...], ima
         drops.append(u[1:] < s.cfg_prob)
         noise.append(torch.randn(latent_shape, generator=g))
     tt = torch.stack(t).clamp(1e-5, 1 - 1e-5)
-    if s.time_shift:
+    if s.time_shift:  # Flux's resolution shift, as its sampler's schedule (t is inside (0, 1) here)
         tt = shift_time(tt, shift_mu(image_tokens))
     d = torch.stack(drops)
     return Draws(torch.stack(noise), tt.float(), d[:, 0], d[:, 1])
