@@ -1,4 +1,5 @@
 """Options that only change what a run prints, saves or compiles with, checked end to end."""
+import contextlib
 
 from titan_train.cli import main
 
@@ -96,3 +97,63 @@ def test_qwen3_debug_trains_on_one_cpu_process(tmp_path, capsys):
     assert "Titan: qwen3 debugmodel" in capsys.readouterr().out
     losses = [r["loss"] for r in _metrics(tmp_path)]
     assert len(losses) == 20 and sum(losses[-3:]) / 3 < losses[0] - 0.5
+
+
+def test_one_gpu_bf16_uses_per_block_casts_unless_fsdp_is_asked_for():
+    import pytest
+    import torch
+    from titan_train.config import build_config
+    from titan_train.errors import ConfigError
+    from titan_train.plan import make_plan
+
+    def plan(*args, device="cuda", world=1):
+        return make_plan(build_config(list(args)), world_size=world, device_type=device, vocab_size=2048)
+
+    one = plan()
+    assert (one.precision.mode, one.parallel.dp, one.parallel.cast_dtype) == ("cast", None, torch.bfloat16)
+    assert one.precision.compute_bytes == 2
+    for args in (["--parallelism.single_gpu_fsdp"], ["--training.enable_cpu_offload"],
+                 ["--parallelism.fsdp_reshard_after_forward", "never"]):
+        fsdp = plan(*args)  # FSDP's own options keep FSDP on one GPU
+        assert (fsdp.precision.mode, fsdp.parallel.dp, fsdp.parallel.cast_dtype) == ("fsdp", "fsdp", None), args
+    assert plan("--training.mixed_precision_param", "float32").parallel.cast_dtype is None
+    assert plan(device="cpu").precision.mode == "off"
+    assert plan(world=2).parallel.dp == "fsdp" and plan(world=2).parallel.cast_dtype is None
+    with pytest.raises(ConfigError, match="parallelism.single_gpu_fsdp"):
+        plan("--parallelism.single_gpu_fsdp", device="cpu")
+
+
+def test_clipping_inside_fused_adamw_updates_like_clipping_the_gradients():
+    """Fused AdamW reads the clip as its grad_scale: the same update as scaling every gradient
+    first, without that pass (fails if the scale is inverted or left on the optimizer)."""
+    import copy
+    import math
+
+    import torch
+    from titan_parallel import clip_grad_norm_
+    from titan_train.trainer.step import StepRunner
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))
+    ref = copy.deepcopy(model)
+    data = [(torch.randn(8, 16) * 10, torch.randn(8, 4)) for _ in range(4)]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    runner = StepRunner(parts=[model], optimizers=[opt], schedulers=[], device=torch.device("cpu"), accum_steps=1,
+                        max_norm=0.5, loss_fn=lambda out, y: torch.nn.functional.mse_loss(out, y),
+                        clip_fn=lambda params, max_norm: clip_grad_norm_(params, max_norm),
+                        train_context=lambda batch: contextlib.nullcontext())
+    assert runner.clip_in_optimizer
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, foreach=False)
+    clipped = 0
+    for x, y in data:
+        result = runner.run(iter([(x, y)]))
+        ref_opt.zero_grad()
+        torch.nn.functional.mse_loss(ref(x), y).backward()
+        norm = clip_grad_norm_(list(ref.parameters()), 0.5)
+        ref_opt.step()
+        clipped += norm.item() > 0.5
+        assert math.isclose(result.grad_norm.item(), norm.item(), rel_tol=1e-5)
+        assert not hasattr(opt, "grad_scale")
+        for p, q in zip(model.parameters(), ref.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert clipped >= 2  # the clip was exercised

@@ -2,7 +2,7 @@
 per-block compile and Float8 for any nn.Module, plus gradient clipping across meshes.
 
 Documented order (what `parallelize` does): float8 -> TP -> EP -> Ulysses -> AC -> compile ->
-FSDP/DDP (experts first, on their own mesh), then `init_weights`, then the optimizer.
+FSDP/DDP (experts first, on their own mesh; in one process: apply_mixed_precision), then `init_weights`, then the optimizer.
 """
 
 from titan_parallel.activation_checkpoint import AC_MODES, DEFAULT_SAVE_OPS, OpPolicy, apply_ac
@@ -13,6 +13,7 @@ from titan_parallel.errors import ParallelConfigError
 from titan_parallel.expert_parallel import apply_ep, apply_expert_fsdp
 from titan_parallel.float8 import apply_float8, float8_linear_names, precompute_float8_scales
 from titan_parallel.init import init_context, init_weights
+from titan_parallel.mixed_precision import apply_mixed_precision
 from titan_parallel.modules import find_repeated_blocks, resolve_units
 from titan_parallel.parallelize import (
     ACOptions,
@@ -41,6 +42,7 @@ __all__ = [
     "apply_expert_fsdp",
     "apply_float8",
     "apply_fsdp",
+    "apply_mixed_precision",
     "apply_tp",
     "check_tp_degree",
     "clip_grad_norm_",

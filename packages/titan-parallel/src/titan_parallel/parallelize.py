@@ -1,7 +1,7 @@
 """All appliers in the one order that composes, after checking every request up front.
 
 Order: float8 conversion -> tensor parallel -> expert parallel -> Ulysses context parallel ->
-activation checkpointing -> compile -> FSDP/DDP.
+activation checkpointing -> compile -> FSDP/DDP (or, in one process, mixed precision casts).
 Float8 swaps Linear modules, so TP must shard the swapped ones; TP and EP hooks must sit inside the
 checkpointed region so recompute replays them; compile wraps the checkpointed block whole (leaving
 experts eager: their routing sizes are data); FSDP goes last so its hooks wrap everything and run
@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor.parallel import ParallelStyle
@@ -30,6 +31,7 @@ from titan_parallel.data_parallel import (
 from titan_parallel.errors import ParallelConfigError, one_of
 from titan_parallel.expert_parallel import apply_ep, apply_expert_fsdp, check_experts, has_experts
 from titan_parallel.float8 import apply_float8, check_float8
+from titan_parallel.mixed_precision import apply_mixed_precision, check_mixed_precision
 from titan_parallel.modules import Units, match_modules, resolve_units
 from titan_parallel.tensor_parallel import apply_tp, check_tp_sizes, resolve_plan
 
@@ -94,6 +96,7 @@ def parallelize(
     dp_mesh: DeviceMesh | None = None,
     dp: Literal["fsdp", "ddp"] = "fsdp",
     fsdp: FSDPOptions | None = None,
+    mixed_precision: torch.dtype | str | None = None,
 ) -> nn.Module:
     """Apply what is asked, in the documented order, to a model (usually on the meta device).
 
@@ -108,7 +111,9 @@ def parallelize(
     its own tokens, so their gradients are summed over TP ranks there). expert_grad_divide: what
     their gradients are divided by (default: the size of dp_mesh, as for dense parameters).
     ac / compile: per unit (experts stay eager). dp_mesh: "fsdp" (1-D FSDP or 2-D HSDP, options in
-    `fsdp`) or "ddp" (1-D, no TP, no EP). Every request is checked before the model is touched:
+    `fsdp`) or "ddp" (1-D, no TP, no EP). mixed_precision: one process without any mesh, float32
+    parameters with this compute dtype (apply_mixed_precision: FSDP2's casts on one rank without
+    its buffer copies). Every request is checked before the model is touched:
     unknown names, indivisible TP or EP sizes, mismatched meshes, missing torchao all raise
     ParallelConfigError.
     Returns the model; then initialize it (init_weights) and build the optimizer.
@@ -159,6 +164,14 @@ def parallelize(
             )
         as_dtype("param_dtype", fsdp.param_dtype)
         as_dtype("reduce_dtype", fsdp.reduce_dtype)
+    if mixed_precision is not None:
+        meshes = [n for n, m in (("dp_mesh", dp_mesh), ("tp_mesh", tp_mesh), ("ep_mesh", ep_mesh),
+                                 ("expert_dp_mesh", expert_dp_mesh), ("ulysses_mesh", ulysses_mesh)) if m is not None]
+        if meshes:
+            raise ParallelConfigError(
+                f"mixed_precision is for one process without meshes, but {', '.join(meshes)} given: use "
+                "fsdp=FSDPOptions(param_dtype=..., reduce_dtype=...) with a dp_mesh instead")
+        check_mixed_precision(model, mixed_precision)
 
     # --- the documented order ---
     if float8 is not None:
@@ -187,6 +200,8 @@ def parallelize(
                        cpu_offload=fsdp.cpu_offload, **with_experts)
         else:
             apply_ddp(model, dp_mesh)
+    elif mixed_precision is not None:
+        apply_mixed_precision(model, param_dtype=mixed_precision, units=units)
     elif expert_dp_mesh is not None:  # TP / EP without data parallel: only the experts are sharded
         from torch.distributed.fsdp import MixedPrecisionPolicy
 

@@ -52,8 +52,9 @@ class BatchPlan:
 
 @dataclass(frozen=True)
 class Precision:
-    """How training.mixed_precision_param is honoured: "fsdp" (FSDP casts parameters), "autocast"
-    (DDP or one device without FSDP, as torch.autocast), "off" (float32 asked, or CPU), or
+    """How training.mixed_precision_param is honoured: "fsdp" (FSDP casts parameters), "cast" (one
+    GPU without FSDP: titan_parallel.apply_mixed_precision), "autocast" (DDP, as torch.autocast),
+    "off" (float32 asked, or CPU), or
     "unsupported" (TP or PP without FSDP: no bf16 path that keeps DTensors exact; float32)."""
 
     mode: str
@@ -62,7 +63,7 @@ class Precision:
 
     @property
     def compute_bytes(self) -> int:
-        return 2 if self.mode in ("fsdp", "autocast") and self.param_dtype != torch.float32 else 4
+        return 2 if self.mode in ("fsdp", "cast", "autocast") and self.param_dtype != torch.float32 else 4
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class ParallelPlan:
     compile: CompileOptions | None
     dp: str | None               # "fsdp", "ddp" or None (one device without FSDP)
     fsdp: FSDPOptions
+    cast_dtype: torch.dtype | None = None  # one GPU without FSDP: the per-unit compute casts
 
 
 @dataclass(frozen=True)
@@ -153,10 +155,35 @@ def batch_plan(cfg: JobConfig, dims: ParallelDims) -> BatchPlan:
 
 
 def uses_fsdp(dims: ParallelDims, device_type: str, cfg: JobConfig) -> bool:
-    """FSDP when sharding over ranks, and on a single GPU for bf16 mixed precision."""
+    """FSDP when sharding over ranks, and on a single GPU for bf16 mixed precision when asked
+    (parallelism.single_gpu_fsdp) or when an option only FSDP carries out is set."""
     if dims.dp_shard * dims.cp > 1:
         return True
+    return _one_gpu_bf16(dims, device_type, cfg) and (cfg.parallelism.single_gpu_fsdp or bool(_fsdp_only(cfg)))
+
+
+def uses_casts(dims: ParallelDims, device_type: str, cfg: JobConfig) -> bool:
+    """One GPU, bf16 compute, no FSDP: the per-unit casts of titan_parallel.apply_mixed_precision."""
+    return _one_gpu_bf16(dims, device_type, cfg) and not uses_fsdp(dims, device_type, cfg)
+
+
+def _one_gpu_bf16(dims: ParallelDims, device_type: str, cfg: JobConfig) -> bool:
     return device_type == "cuda" and dims.world_size == 1 and cfg.training.mixed_precision_param != "float32"
+
+
+def _fsdp_only(cfg: JobConfig) -> list[str]:
+    """The set options that only FSDP carries out (config keys, with their values)."""
+    f8, p, t = cfg.float8, cfg.parallelism, cfg.training
+    float8 = uses_float8(cfg)
+    return [k for k, on in (("training.enable_cpu_offload", t.enable_cpu_offload),
+                            (f"parallelism.fsdp_reshard_after_forward = {p.fsdp_reshard_after_forward!r}",
+                             p.fsdp_reshard_after_forward != "default"),
+                            (f"training.mixed_precision_reduce = {t.mixed_precision_reduce!r}",
+                             t.mixed_precision_reduce != "float32"),
+                            ("quantize.linear.float8.enable_fsdp_float8_all_gather",
+                             float8 and f8.enable_fsdp_float8_all_gather),
+                            ("quantize.linear.float8.precompute_float8_dynamic_scale_for_fsdp",
+                             float8 and f8.precompute_float8_dynamic_scale_for_fsdp)) if on]
 
 
 def precision_plan(cfg: JobConfig, dims: ParallelDims, device_type: str) -> Precision:
@@ -168,6 +195,8 @@ def precision_plan(cfg: JobConfig, dims: ParallelDims, device_type: str) -> Prec
         mode = "off"
     elif uses_fsdp(dims, device_type, cfg):
         mode = "fsdp"
+    elif uses_casts(dims, device_type, cfg):
+        mode = "cast"
     elif dims.tp > 1 or dims.pp > 1:
         mode = "unsupported"
     else:
@@ -272,24 +301,17 @@ def parallel_plan(cfg: JobConfig, dims: ParallelDims, device_type: str, precisio
         compile=CompileOptions(backend=c.backend) if c.enable and "model" in c.components else None,
         dp="fsdp" if fsdp else ("ddp" if dims.dp_replicate > 1 else None),
         fsdp=FSDPOptions(param_dtype=precision.param_dtype, reduce_dtype=precision.reduce_dtype,
-                         reshard_after_forward=reshard, cpu_offload=cfg.training.enable_cpu_offload))
+                         reshard_after_forward=reshard, cpu_offload=cfg.training.enable_cpu_offload),
+        cast_dtype=precision.param_dtype if precision.mode == "cast" else None)
 
 
 def _check_fsdp_options(cfg: JobConfig, parallel: ParallelPlan) -> None:
     """Options that only FSDP carries out, refused when this layout has no FSDP."""
     if parallel.dp == "fsdp":
         return
-    f8, p, t = cfg.float8, cfg.parallelism, cfg.training
-    float8 = uses_float8(cfg)
-    asked = [k for k, on in (("training.enable_cpu_offload", t.enable_cpu_offload),
-                             (f"parallelism.fsdp_reshard_after_forward = {p.fsdp_reshard_after_forward!r}",
-                              p.fsdp_reshard_after_forward != "default"),
-                             (f"training.mixed_precision_reduce = {t.mixed_precision_reduce!r}",
-                              t.mixed_precision_reduce != "float32"),
-                             ("quantize.linear.float8.enable_fsdp_float8_all_gather",
-                              float8 and f8.enable_fsdp_float8_all_gather),
-                             ("quantize.linear.float8.precompute_float8_dynamic_scale_for_fsdp",
-                              float8 and f8.precompute_float8_dynamic_scale_for_fsdp)) if on]
+    asked = _fsdp_only(cfg)
+    if cfg.parallelism.single_gpu_fsdp:
+        asked.append("parallelism.single_gpu_fsdp")
     if asked:
         raise ConfigError(f"{', '.join(asked)} needs FSDP, which this layout does not use (FSDP shards over "
                           "parallelism.data_parallel_shard_degree x context_parallel_degree > 1, or holds the "

@@ -17,6 +17,8 @@ class Parallelism:
     data_parallel_shard_degree: int = opt(-1, "FSDP shards (-1: whatever the other degrees leave)")
     fsdp_reshard_after_forward: str = opt("default", "free gathered params after forward",
                                           choices=("default", "always", "never"))
+    single_gpu_fsdp: bool = opt(False, "one GPU: FSDP2 on one rank holds the bf16 copies (default off: per-block "
+                                       "casts, the same numbers with fewer copies of the weights per step)")
     tensor_parallel_degree: int = opt(1, "tensor parallel ranks (inside a node)")
     disable_loss_parallel: bool = opt(False, "gather logits instead of computing the loss on sharded vocab")
     enable_async_tensor_parallel: bool = opt(False, "overlap TP collectives with matmuls (GPU + compile)")

@@ -101,7 +101,7 @@ def _activation_bytes(layout: Layout, shape: ActShape, rank: RankStages) -> tupl
 def _comm_bytes(layout: Layout, sizes: ParamSizes, rank: RankStages) -> tuple[float, float]:
     """(buffers at backward start, buffers at the end of backward) for FSDP, async TP."""
     c, r = layout.compute_bytes, layout.reduce_bytes
-    if not layout.fsdp:
+    if not (layout.fsdp or layout.casts):  # (one GPU's casts hold what FSDP's gathers hold, at most)
         ddp = 2 * 25 * 2**20 if layout.ddp else 0  # DDP's gradient buckets
         return ddp, ddp
     fp8_saving = (c - 1) * sizes.block.float8 if layout.float8_all_gather else 0

@@ -2,7 +2,7 @@
 
 The plan (titan_train.plan) says what to apply; this file only fetches meshes and hands each part
 to titan_parallel.parallelize, the one checked entry point (TP -> Ulysses -> AC -> compile ->
-FSDP/DDP). The memory estimator parallelizes its meta model through the same function.
+FSDP/DDP, or one GPU's casts). The memory estimator parallelizes its meta model through the same function.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def parallelize_part(part: nn.Module, plan: RunPlan, dims: ParallelDims) -> nn.M
     experts = {}
     # experts: their own FSDP units (and EP), grads averaged like the rest; under plain DDP
     # (replicas only) they are ordinary parameters
-    if plan.moe and dims.has_mesh and not (par.dp == "ddp" and dims.ep == 1 and not par.tp):
+    if plan.moe and dims.has_mesh and par.cast_dtype is None and not (par.dp == "ddp" and dims.ep == 1 and not par.tp):
         experts = dict(experts=spec.experts, expert_dp_mesh=dims.expert_fsdp_mesh(),
                        ep_mesh=dims.get_mesh("ep") if dims.ep > 1 else None)
     tp_lib.parallelize(
@@ -48,7 +48,8 @@ def parallelize_part(part: nn.Module, plan: RunPlan, dims: ParallelDims) -> nn.M
         tp_mesh=tp_mesh, tp_plan=tp_plan_for(spec, part, loss_parallel=par.loss_parallel) if tp_mesh else None,
         async_tp=par.async_tp, ulysses_mesh=dims.get_mesh("cp") if par.ulysses else None,
         attention_modules=spec.attention_cores, ac=par.ac, compile=par.compile or False,
-        dp_mesh=dp_mesh, dp=par.dp or "fsdp", fsdp=par.fsdp if par.dp == "fsdp" else None, **experts)
+        dp_mesh=dp_mesh, dp=par.dp or "fsdp", fsdp=par.fsdp if par.dp == "fsdp" else None,
+        mixed_precision=par.cast_dtype, **experts)
     return part
 
 

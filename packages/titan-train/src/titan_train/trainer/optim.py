@@ -46,6 +46,14 @@ def _kernel_flags(impl: str, name: str, params: list[torch.Tensor]) -> dict:
     return {"foreach": True}
 
 
+def clips_in_optimizer(optimizers: list) -> bool:
+    """Whether gradient clipping can ride on the optimizers' own kernel: fused Adam(W) divides
+    each gradient by its `grad_scale` as it reads it (the hook torch's GradScaler uses), so the
+    clip needs no pass of its own over the gradients (a read and a write of every one)."""
+    return bool(optimizers) and all(isinstance(o, torch.optim.Adam | torch.optim.AdamW) and o.defaults.get("fused")
+                                    for o in optimizers)
+
+
 def build_optimizer(model: nn.Module, s: OptimizerSettings) -> torch.optim.Optimizer:
     """One optimizer per model part (pipeline stages hold different parameters)."""
     groups = _param_groups(model, s.weight_decay)

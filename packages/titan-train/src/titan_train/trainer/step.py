@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from titan_train.trainer.optim import clips_in_optimizer
 from titan_train.trainer.prefetch import to_device
 
 
@@ -50,6 +52,7 @@ class StepRunner:
         # (a diffusion run passes its rectified-flow objective and counts its joint sequence tokens)
         self.forward_loss = forward_loss or (lambda model, inputs, labels: loss_fn(model(inputs), labels))
         self.tokens_of = tokens_of or (lambda labels: labels.numel())
+        self.clip_in_optimizer = clips_in_optimizer(optimizers)
 
     def _next_batch(self, it: Iterator) -> tuple[torch.Tensor, torch.Tensor, float]:
         t0 = time.perf_counter()
@@ -79,12 +82,25 @@ class StepRunner:
         if self.after_backward is not None:
             self.after_backward()
         max_norm = self.max_norm if self.max_norm > 0 else float("inf")
-        grad_norm = self.clip_fn(self.params, max_norm)
+        unscale = None
+        if self.clip_in_optimizer and math.isfinite(max_norm):
+            # Measure only; the optimizer divides by 1 / clip coefficient as it reads each gradient
+            # (torch's coefficient: max_norm / (norm + 1e-6), at most 1).
+            grad_norm = self.clip_fn(self.params, float("inf"))
+            unscale = ((grad_norm + 1e-6) / max_norm).clamp(min=1.0)
+        else:
+            grad_norm = self.clip_fn(self.params, max_norm)
         lr = self.optimizers[0].param_groups[0]["lr"]
         if self.before_optimizer_step is not None:
             self.before_optimizer_step()
         for opt in self.optimizers:
-            opt.step()
+            if unscale is not None:
+                opt.grad_scale = unscale
+            try:
+                opt.step()
+            finally:
+                if unscale is not None:
+                    del opt.grad_scale
         for sched in self.schedulers:
             sched.step()
         if self.after_optimizer_step is not None:
