@@ -187,3 +187,15 @@ def test_parameters_replaced_after_applying_are_the_ones_cast():
 def test_bad_dtype_is_refused():
     with pytest.raises(ParallelConfigError, match="param_dtype"):
         apply_mixed_precision(reference_model(), param_dtype="int8")
+
+
+def test_float_inputs_are_cast_at_the_root_only():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    apply_mixed_precision(model, units=["0", "2"])
+    out = model(torch.randn(4, 8))  # float32 in, as FSDP2's cast_forward_inputs allows
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert model[0].weight.grad.dtype == torch.float32
+    plain = apply_mixed_precision(torch.nn.Linear(8, 2), units=[], cast_inputs=False)
+    with pytest.raises(RuntimeError, match="dtype"):
+        plain(torch.randn(4, 8))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
+from torch.utils._pytree import tree_map
 
 from titan_parallel.data_parallel import as_dtype
 from titan_parallel.errors import ParallelConfigError
@@ -98,15 +99,18 @@ def check_mixed_precision(model: nn.Module, param_dtype) -> torch.dtype:
 
 
 def apply_mixed_precision(model: nn.Module, *, param_dtype: torch.dtype | str = "bfloat16",
-                          units: Units = None) -> nn.Module:
+                          units: Units = None, cast_inputs: bool = True) -> nn.Module:
     """Train `model` (float32 parameters, one process) with `param_dtype` compute: each unit
     (default: the repeated blocks) and then the root (whatever no unit holds: embeddings, final
     norm, output) casts its parameters as its forward starts and drops the copies after it; backward
     casts again what it needs, and gradients accumulate in float32 `.grad`. Numerically the same
     as FSDP2's MixedPrecisionPolicy(param_dtype, reduce_dtype=float32) on one rank.
 
-    Apply after activation checkpointing and compile (as FSDP would be). Buffers keep their dtype.
-    Returns the model (hooks added in place; parameter names and dtypes unchanged).
+    cast_inputs: floating-point tensors given to the model's forward are cast to param_dtype
+    first (FSDP2 does this at every unit; here only at the root, so e.g. a float32 RoPE table the
+    root hands its blocks stays float32). Apply after activation checkpointing and compile (as
+    FSDP would be). Buffers keep their dtype. Returns the model (hooks added in place; parameter
+    names and dtypes unchanged).
     """
     dtype = check_mixed_precision(model, param_dtype)
     blocks = [m for _, m in resolve_units(model, units) if m is not model]
@@ -115,10 +119,20 @@ def apply_mixed_precision(model: nn.Module, *, param_dtype: torch.dtype | str = 
         target, drop_saved = _hook_target(block)
         _attach(target, _slots(target), dtype, drop_saved)
         in_units.update(id(p) for p in block.parameters())
+    if cast_inputs:
+        model.register_forward_pre_hook(_input_caster(dtype), with_kwargs=True)
     rest = [s for s in _slots(model) if id(s[2]) not in in_units]
     if rest:
         _attach(model, rest, dtype, drop_saved=True)
     return model
+
+
+def _input_caster(dtype: torch.dtype):
+    def cast(module: nn.Module, args, kwargs):
+        def one(x):
+            return x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+        return tree_map(one, args), tree_map(one, kwargs)
+    return cast
 
 
 def _slots(module: nn.Module) -> list[tuple[nn.Module, str, nn.Parameter]]:
