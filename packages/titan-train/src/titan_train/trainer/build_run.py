@@ -218,6 +218,8 @@ def _banner(run: Run, layout) -> str:
     params = f"{n / 1e6:,.1f}M params" + (f" ({active / 1e6:,.1f}M active)" if active != n else "")
     dims = [*layout.dims.enabled_dims(), *([("ep", layout.dims.ep)] if layout.dims.ep > 1 else [])]
     deg = ", ".join(f"{k}={v}" for k, v in dims) or "single process"
+    if layout.info.world_size == 1 and plan.precision.mode in ("cast", "fsdp"):  # which one-GPU bf16 path
+        deg += ", bf16 per-block casts" if plan.precision.mode == "cast" else ", bf16 FSDP2 on one rank"
     note = f" ({run.peak.note})" if run.peak.note else ""
     if plan.precision.mode == "unsupported":
         note += (" (training in float32: bf16 with tensor or pipeline parallelism goes through FSDP; "
