@@ -367,8 +367,25 @@ def make_plan(cfg: JobConfig, *, world_size: int, device_type: str, vocab_size: 
         pipeline = PipelinePlan(p.pipeline_parallel_schedule, p.pipeline_parallel_microbatch_size,
                                 p.module_fqns_per_model_part, list(p.pipeline_parallel_split_points),
                                 p.pipeline_parallel_layers_per_stage)
+    _check_chunked_loss(cfg, dims, spec)
     return RunPlan(dims=dims, device_type=device_type, spec=spec, args=args, batch=batch, precision=precision,
                    parallel=parallel, float8=float8_options(cfg, spec), pipeline=pipeline, context=context)
+
+
+def _check_chunked_loss(cfg: JobConfig, dims: ParallelDims, spec) -> None:
+    """training.loss_chunk_size needs the plain next-token head in one piece."""
+    n = cfg.training.loss_chunk_size
+    if n == 0:
+        return
+    why = [w for w, on in (("must be > 0", n < 0),
+                           (f"is for language models ({cfg.model.name} is a {spec.task} model)", spec.task != "lm"),
+                           ("needs parallelism.tensor_parallel_degree = 1 (with TP the loss is vocab-parallel)",
+                            dims.tp > 1),
+                           ("needs parallelism.pipeline_parallel_degree = 1", dims.pp > 1),
+                           ("needs model.mtp_layers = 0 (the prediction modules share the head)",
+                            getattr(cfg.model, "mtp_layers", 0) > 0)) if on]
+    if why:
+        raise ConfigError(f"training.loss_chunk_size = {n} {why[0]}")
 
 
 def _validate_cp(cfg: JobConfig, dims: ParallelDims, shape) -> None:

@@ -80,6 +80,8 @@ class Training:
     global_batch_size: int = opt(-1, "-1: local_batch_size x dp; larger = gradient accumulation")
     seq_len: int = opt(256, "tokens per sequence")
     max_norm: float = opt(1.0, "gradient clipping norm (0 = off)")
+    loss_chunk_size: int = opt(0, "tokens per chunk of a fused output projection + cross-entropy whose "
+                                  "gradients are made in forward (no full logits; for large vocabularies); 0 = off")
     steps: int = opt(300, "optimizer steps to train")
     stop_at_step: int = opt(-1, "end this run after this step with a full checkpoint (the LR schedule still "
                                 "spans `steps`); -1 = run to the end. For time-sliced jobs that resume")

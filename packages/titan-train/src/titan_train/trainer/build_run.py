@@ -161,11 +161,21 @@ def build_run(cfg: JobConfig, resume: checkpointing.Resume | None = None) -> Run
         balance = LoadBalance(parts, plan.spec.moe_modules, coeff=cfg.moe.load_balance_coeff,
                               routing_mesh=mesh_of(dims, "routing"), pp_mesh=pp_mesh,
                               loss_scale=1.0 / plan.batch.accum_steps)
+    forward_loss = task.forward_loss if task else None
+    if cfg.training.loss_chunk_size > 0:  # logits never materialized whole (plan checked the layout)
+        from titan_train.trainer.chunked_loss import attach_chunked_head
+
+        try:
+            head = attach_chunked_head(parts[0].output, chunk=cfg.training.loss_chunk_size,
+                                       compile_chunk=cfg.compile.enable and "loss" in cfg.compile.components)
+        except TypeError as e:
+            raise ConfigError(f"training.loss_chunk_size = {cfg.training.loss_chunk_size}: {e}") from None
+        forward_loss = head.forward_loss
     runner = StepRunner(parts=parts, optimizers=optimizers, schedulers=schedulers, device=device,
                         accum_steps=plan.batch.accum_steps, max_norm=cfg.training.max_norm, loss_fn=loss_fn,
                         clip_fn=lambda params, max_norm: tp_lib.clip_grad_norm_(params, max_norm, pp_mesh=pp_mesh),
                         train_context=train_context, pipeline=pipe, after_optimizer_step=after_step,
-                        after_backward=balance, forward_loss=task.forward_loss if task else None,
+                        after_backward=balance, forward_loss=forward_loss,
                         tokens_of=task.tokens_of if task else None)
     m = cfg.metrics
     writer = layout.info.rank == 0 or m.save_for_all_ranks
