@@ -32,18 +32,16 @@ class _UnitCast:
 
     def __init__(self, slots: list[tuple[nn.Module, str]], dtype: torch.dtype, drop_saved: bool):
         self.slots, self.dtype, self.drop_saved = slots, dtype, drop_saved
-        self.params: list[torch.Tensor] = []
         self._originals: list[torch.Tensor] = []
         self._saved_ctx = None
 
     def before(self, module: nn.Module, args) -> None:
         self._originals = [owner._parameters[name] for owner, name in self.slots]
-        self.params = list({id(p): p for p in self._originals}.values())  # tied weights: cast once
-        casts = {id(p): p.to(self.dtype) for p in self.params}
+        casts = {id(p): p.to(self.dtype) for p in self._originals}  # tied weights: cast once
         for (owner, name), p in zip(self.slots, self._originals):
             owner._parameters[name] = casts[id(p)]  # a plain tensor for this forward only
         if self.drop_saved and torch.is_grad_enabled():
-            index = {casts[id(p)].untyped_storage().data_ptr(): i for i, p in enumerate(self.params)}
+            index = {casts[id(p)].untyped_storage().data_ptr(): p for p in self._originals}
             self._saved_ctx = torch.autograd.graph.saved_tensors_hooks(self._packer(index), self._unpack)
             self._saved_ctx.__enter__()
 
@@ -56,15 +54,15 @@ class _UnitCast:
         self._originals = []
         return output
 
-    def _packer(self, index: dict[int, int]):
-        dtype, params = self.dtype, self.params
+    def _packer(self, index: dict[int, torch.Tensor]):
+        dtype = self.dtype
 
         def pack(t: torch.Tensor):
             # A saved view of a cast (e.g. a transposed weight) is kept as (param, view) instead.
-            i = index.get(t.untyped_storage().data_ptr()) if t.dtype == dtype and type(t) is torch.Tensor else None
-            if i is None:
+            param = index.get(t.untyped_storage().data_ptr()) if t.dtype == dtype and type(t) is torch.Tensor else None
+            if param is None:
                 return t
-            return (params[i], t.size(), t.stride(), t.storage_offset())
+            return (param, t.size(), t.stride(), t.storage_offset())
         return pack
 
     def _unpack(self, saved):
