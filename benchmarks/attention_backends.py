@@ -6,7 +6,9 @@ each backend's output and gradients against a float32 reference.
 Inputs are laid out as the Llama model hands them to SDPA: [batch, seq, heads, head_dim]
 projections transposed to [batch, heads, seq, head_dim] (not contiguous), k and v repeated to the
 query heads, or grouped (`enable_gqa`). `flex` is compiled FlexAttention with a causal block
-mask, the model's `attention_backend = "flex"` path. TFLOP/s counts the causal half of the score matrix (forward 2 matmuls, backward 5).
+mask, the model's `attention_backend = "flex"` path. `fa4` is SDPA's flash kernel after
+torch.nn.attention.activate_flash_attention_impl("FA4") (needs the flash-attn-4 package; list it after
+`flash`: from then on `flash` is FA4 too). TFLOP/s counts the causal half of the score matrix (forward 2 matmuls, backward 5).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-            "efficient": SDPBackend.EFFICIENT_ATTENTION}
+            "efficient": SDPBackend.EFFICIENT_ATTENTION, "fa4": SDPBackend.FLASH_ATTENTION}
 
 
 def make_inputs(b, s, h, kvh, d, dtype, seed=0):
@@ -111,6 +113,12 @@ def main() -> None:
     print("| backend | gqa | fwd ms | fwd+bwd ms | fwd TFLOP/s | fwd+bwd TFLOP/s | out rel err | grad rel err |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for backend in args.backends.split(","):
+        if backend == "fa4":
+            try:
+                torch.nn.attention.activate_flash_attention_impl("FA4")
+            except (AttributeError, ImportError, RuntimeError, ValueError) as e:
+                print(f"| fa4 | - | unsupported: {type(e).__name__}: {str(e).splitlines()[0][:80]} | | | | | |")
+                continue
         for gqa in ("repeat", "enable_gqa"):
             try:
                 q, k, v, grad = make_inputs(b, s, h, args.kv_heads, d, torch.bfloat16)

@@ -52,6 +52,8 @@ ROWS: dict[str, Row] = {
     # ---- 1x H100 (the 1B reference) ----
     "eager_b5": Row([*ONE_B, *_b(5)], reference="56,584 tok/s, 73.2 GiB (H100)"),
     "compile_b6": Row([*ONE_B, *_b(6), "--compile.enable"], reference="60,577 tok/s, 71.8 GiB (H100)"),
+    "compile_b6_fa4": Row([*ONE_B, *_b(6), "--compile.enable", "--model.sdpa_kernels", "fa4"],
+                          reference="60,577 tok/s, 71.8 GiB (H100)"),
     "compile_float8_b8": Row([*ONE_B, *_b(8), "--compile.enable", *F8], reference="71,844 tok/s, 69.4 GiB (H100)"),
     "compile_sac_b6": Row([*ONE_B, *_b(6), "--compile.enable", "--activation_checkpoint.mode", "selective",
                            "--activation_checkpoint.selective_ac_option", "op"],
@@ -61,6 +63,15 @@ ROWS: dict[str, Row] = {
     # ---- Qwen 3 on one H200 (torchtitan v0.2.2 the same day: ../shared/GPU.md) ----
     "qwen3_1.7b_compile_b2": Row([*ONE_B, *QWEN3_1_7B, *_b(2), "--compile.enable"],
                                  reference="36,913 tok/s (52.6% MFU, tied output left out), 69.5 GiB (H200)"),
+    # the bf16 casts kept from forward to backward (one GPU: a cast pass less, +2 bytes/param at the peak)
+    "qwen3_1.7b_compile_keep_b2": Row([*ONE_B, *QWEN3_1_7B, *_b(2), "--compile.enable",
+                                       "--parallelism.fsdp_reshard_after_forward", "never"],
+                                      reference="36,913 tok/s (52.6% MFU, tied output left out), 69.5 GiB (H200)"),
+    # ... and FlashAttention-4 as SDPA's flash kernel (benchmarks/fa4_env.sh)
+    "qwen3_1.7b_compile_keep_fa4_b2": Row([*ONE_B, *QWEN3_1_7B, *_b(2), "--compile.enable",
+                                           "--parallelism.fsdp_reshard_after_forward", "never",
+                                           "--model.sdpa_kernels", "fa4"],
+                                          reference="36,913 tok/s (52.6% MFU, tied output left out), 69.5 GiB (H200)"),
     "qwen3_1.7b_eager_b2": Row([*ONE_B, *QWEN3_1_7B, *_b(2)], reference="no torchtitan figure"),
     # Qwen3-30B-A3B cut to 4 layers (128 experts, top 8, vocab 151936): issue 19's MoE row
     "qwen3_30b_a3b_4l_compile_b2": Row([*ONE_B, *QWEN3_MOE_4L, *_b(2), "--compile.enable"],
@@ -83,9 +94,16 @@ ROWS: dict[str, Row] = {
     "gpt_oss_20b_4l_compile_flex_chunkloss_b2": Row([*ONE_B, *GPT_OSS_20B_4L, *_b(2), "--compile.enable",
                                                      "--model.attn_backend", "flex", "--training.loss_chunk_size", "2048"],
                                                     reference="38,724 tok/s (31.8% MFU active), 78.6 GiB (H200)"),
+    "gpt_oss_20b_4l_compile_flex_chunkloss4k_b2": Row([*ONE_B, *GPT_OSS_20B_4L, *_b(2), "--compile.enable",
+                                                       "--model.attn_backend", "flex", "--training.loss_chunk_size",
+                                                       "4096"],
+                                                      reference="38,724 tok/s (31.8% MFU active), 78.6 GiB (H200)"),
     # at seq 8192 Llama 4's 8192-token chunks are plain causal attention (SDPA's fused kernels)
     "llama4_17bx16e_2l_compile_b2": Row([*ONE_B, *LLAMA4_16E_2L, *_b(2), "--compile.enable"],
                                         reference="36,953 tok/s (41.1% MFU active), 127.7 GiB (H200)"),
+    "llama4_17bx16e_2l_compile_keep_b2": Row([*ONE_B, *LLAMA4_16E_2L, *_b(2), "--compile.enable",
+                                              "--parallelism.fsdp_reshard_after_forward", "never"],
+                                             reference="36,953 tok/s (41.1% MFU active), 127.7 GiB (H200)"),
     "llama4_17bx16e_2l_compile_flex_b2": Row([*ONE_B, *LLAMA4_16E_2L, *_b(2), "--compile.enable",
                                               "--model.attn_backend", "flex"],
                                              reference="36,953 tok/s (41.1% MFU active), 127.7 GiB (H200)"),

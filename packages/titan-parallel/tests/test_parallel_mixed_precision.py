@@ -77,7 +77,7 @@ def _tied(model):
 
 
 @pytest.mark.parametrize("opt_name", ["sgd", "adamw"])
-@pytest.mark.parametrize("variant", ["eager", "full_ac", "tied", "accum2"])
+@pytest.mark.parametrize("variant", ["eager", "full_ac", "tied", "accum2", "keep"])
 def test_eager_matches_bf16_compute_with_float32_masters_bitwise(variant, opt_name):
     ref = reference_model()
     if variant == "tied":
@@ -87,7 +87,7 @@ def test_eager_matches_bf16_compute_with_float32_masters_bitwise(variant, opt_na
         model.output.weight = model.tok_embeddings.weight
     if variant == "full_ac":
         apply_ac(model, mode="full")
-    apply_mixed_precision(model, param_dtype="bfloat16")
+    apply_mixed_precision(model, param_dtype="bfloat16", keep_for_backward=variant == "keep")
     accum = 2 if variant == "accum2" else 1
     want_losses, want_grads = _master_reference(ref, opt_name, accum)
     losses, grads = _train(model, opt_name, accum)
@@ -98,7 +98,7 @@ def test_eager_matches_bf16_compute_with_float32_masters_bitwise(variant, opt_na
     assert [clean_name(n) for n, _ in model.named_parameters()] == [n for n, _ in ref.named_parameters()]
 
 
-@pytest.mark.parametrize("variant", ["compile", "compile_selective_ac", "moe_compile"])
+@pytest.mark.parametrize("variant", ["compile", "compile_selective_ac", "moe_compile", "compile_keep"])
 def test_compiled_units_match_a_compiled_bf16_copy_bitwise(variant):
     torch._dynamo.reset()
     kwargs = dict(n_experts=4, top_k=2) if variant == "moe_compile" else {}
@@ -109,7 +109,7 @@ def test_compiled_units_match_a_compiled_bf16_copy_bitwise(variant):
         return apply_compile(m, eager="layers.*.moe.experts" if kwargs else None)
 
     ref = reference_model(**kwargs)
-    model = apply_mixed_precision(prepare(copy.deepcopy(ref)))
+    model = apply_mixed_precision(prepare(copy.deepcopy(ref)), keep_for_backward=variant == "compile_keep")
     want_losses, want_grads = _master_reference(ref, "sgd", prepare=prepare)
     losses, grads = _train(model, "sgd")
     assert losses == want_losses
@@ -146,21 +146,23 @@ def test_no_bf16_weight_copy_outlives_its_units_forward(monkeypatch, compiled):
     assert all(p.grad is not None for p in model.parameters())
 
 
-def test_dropping_saved_casts_is_what_frees_them(monkeypatch):
-    """The check above can fail: without the saved-tensor hooks autograd keeps the copies."""
+def test_keep_for_backward_holds_the_casts_until_backward(monkeypatch):
+    """The check above can fail: without the saved-tensor hooks (keep_for_backward, FSDP's
+    reshard_after_forward=False) autograd keeps the copies, and backward frees them."""
     casts: list[weakref.ref] = []
     real_before = mp._UnitCast.before
 
     def recording_before(self, module, args):
-        self.drop_saved = False
         real_before(self, module, args)
         casts.extend(weakref.ref(owner._parameters[name]) for owner, name in self.slots)
 
     monkeypatch.setattr(mp._UnitCast, "before", recording_before)
-    model = apply_mixed_precision(reference_model())
+    model = apply_mixed_precision(reference_model(), keep_for_backward=True)
     loss = loss_fn(model(batch(0)[0]), batch(0)[1])
     assert any(ref() is not None for ref in casts)
     loss.backward()
+    del loss
+    assert all(ref() is None for ref in casts)
 
 
 def test_restores_the_float32_parameters_when_forward_raises():

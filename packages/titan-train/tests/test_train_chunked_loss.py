@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from titan_mesh.testing import requires_gpus
 from titan_train.cli import main
 from titan_train.trainer.chunked_loss import linear_cross_entropy
 
@@ -60,3 +61,35 @@ def test_tensor_parallel_is_refused_in_the_plan():
     cfg = build_config(["--training.loss_chunk_size", "64", "--parallelism.tensor_parallel_degree", "2"])
     with pytest.raises(ConfigError, match="tensor_parallel_degree = 1"):
         make_plan(cfg, world_size=2, device_type="cpu", vocab_size=2048)
+
+
+@requires_gpus(1)
+def test_gpu_accumulates_the_bf16_product_into_the_float32_sum_in_place():
+    from titan_train.trainer.chunked_loss import _accumulate
+
+    torch.manual_seed(0)
+    a = torch.randn(384, 256, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(256, 128, device="cuda", dtype=torch.bfloat16)
+    acc = torch.randn(384, 128, device="cuda")
+    want = acc + a.float() @ b.float()
+    ptr = acc.data_ptr()
+    _accumulate(acc, a, b)
+    assert acc.data_ptr() == ptr and acc.dtype == torch.float32
+    torch.testing.assert_close(acc, want, rtol=1e-4, atol=1e-3)
+
+
+@requires_gpus(1)
+def test_gpu_bf16_head_matches_the_plain_head():
+    torch.manual_seed(0)
+    h = torch.randn(2, 1000, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = (torch.randn(3000, 64, device="cuda") * 0.1).to(torch.bfloat16).requires_grad_()
+    target = torch.randint(0, 3000, (2, 1000), device="cuda")
+    want = F.cross_entropy((h @ w.t()).float().flatten(0, 1), target.flatten())
+    want.backward()
+    want_h, want_w = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    got = linear_cross_entropy(h, w, target, chunk=384)
+    got.backward()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(h.grad, want_h, rtol=2e-2, atol=1e-5)
+    torch.testing.assert_close(w.grad, want_w, rtol=2e-2, atol=1e-5)  # bf16 plain path rounds each product

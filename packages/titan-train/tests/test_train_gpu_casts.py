@@ -33,3 +33,16 @@ def test_casts_equal_fsdp_on_one_gpu(tmp_path, model, compiled):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-3), (a, b)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=2e-2), (a, b)
     assert casts[-1]["memory_max_active_gib"] <= fsdp[-1]["memory_max_active_gib"] + 0.01
+
+
+@requires_gpus(1)
+@pytest.mark.parametrize("compiled", [False, True])
+def test_keeping_the_casts_for_backward_changes_no_number(tmp_path, compiled):
+    """parallelism.fsdp_reshard_after_forward = never on the casts: backward reuses the forward's
+    copies instead of casting again; the same values, so the same run, at more memory."""
+    extra = ["--config", "llama3_debug", *(["--compile.enable"] if compiled else [])]
+    drop = _run(tmp_path, "drop", *extra)
+    keep = _run(tmp_path, "keep", *extra, "--parallelism.fsdp_reshard_after_forward", "never")
+    assert [r["loss"] for r in keep] == [r["loss"] for r in drop]
+    assert [r["grad_norm"] for r in keep] == [r["grad_norm"] for r in drop]
+    assert keep[-1]["memory_max_active_gib"] >= drop[-1]["memory_max_active_gib"]

@@ -112,10 +112,11 @@ def test_one_gpu_bf16_uses_per_block_casts_unless_fsdp_is_asked_for():
     one = plan()
     assert (one.precision.mode, one.parallel.dp, one.parallel.cast_dtype) == ("cast", None, torch.bfloat16)
     assert one.precision.compute_bytes == 2
-    for args in (["--parallelism.single_gpu_fsdp"], ["--training.enable_cpu_offload"],
-                 ["--parallelism.fsdp_reshard_after_forward", "never"]):
+    for args in (["--parallelism.single_gpu_fsdp"], ["--training.enable_cpu_offload"]):
         fsdp = plan(*args)  # FSDP's own options keep FSDP on one GPU
         assert (fsdp.precision.mode, fsdp.parallel.dp, fsdp.parallel.cast_dtype) == ("fsdp", "fsdp", None), args
+    keep = plan("--parallelism.fsdp_reshard_after_forward", "never")  # the casts keep theirs for backward
+    assert (keep.parallel.cast_dtype, keep.parallel.fsdp.reshard_after_forward) == (torch.bfloat16, False)
     assert plan("--training.mixed_precision_param", "float32").parallel.cast_dtype is None
     assert plan(device="cpu").precision.mode == "off"
     assert plan(world=2).parallel.dp == "fsdp" and plan(world=2).parallel.cast_dtype is None

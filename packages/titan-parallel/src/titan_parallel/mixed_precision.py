@@ -97,7 +97,8 @@ def check_mixed_precision(model: nn.Module, param_dtype) -> torch.dtype:
 
 
 def apply_mixed_precision(model: nn.Module, *, param_dtype: torch.dtype | str = "bfloat16",
-                          units: Units = None, cast_inputs: bool = True) -> nn.Module:
+                          units: Units = None, cast_inputs: bool = True,
+                          keep_for_backward: bool = False) -> nn.Module:
     """Train `model` (float32 parameters, one process) with `param_dtype` compute: each unit
     (default: the repeated blocks) and then the root (whatever no unit holds: embeddings, final
     norm, output) casts its parameters as its forward starts and drops the copies after it; backward
@@ -106,7 +107,10 @@ def apply_mixed_precision(model: nn.Module, *, param_dtype: torch.dtype | str = 
 
     cast_inputs: floating-point tensors given to the model's forward are cast to param_dtype
     first (FSDP2 does this at every unit; here only at the root, so e.g. a float32 RoPE table the
-    root hands its blocks stays float32). Apply after activation checkpointing and compile (as
+    root hands its blocks stays float32). keep_for_backward: what autograd saves of the casts stays
+    alive until backward instead of being cast again there (FSDP's reshard_after_forward=False: one
+    pass over the weights less per step, the bf16 copy of every parameter held at the peak). Apply
+    after activation checkpointing and compile (as
     FSDP would be). Buffers keep their dtype. Returns the model (hooks added in place; parameter
     names and dtypes unchanged).
     """
@@ -115,13 +119,13 @@ def apply_mixed_precision(model: nn.Module, *, param_dtype: torch.dtype | str = 
     in_units: set[int] = set()
     for block in blocks:
         target, drop_saved = _hook_target(block)
-        _attach(target, _slots(target), dtype, drop_saved)
+        _attach(target, _slots(target), dtype, drop_saved and not keep_for_backward)
         in_units.update(id(p) for p in block.parameters())
     if cast_inputs:
         model.register_forward_pre_hook(_input_caster(dtype), with_kwargs=True)
     rest = [s for s in _slots(model) if id(s[2]) not in in_units]
     if rest:
-        _attach(model, rest, dtype, drop_saved=True)
+        _attach(model, rest, dtype, drop_saved=not keep_for_backward)
     return model
 
 

@@ -113,7 +113,7 @@ def parallelize(
     ac / compile: per unit (experts stay eager). dp_mesh: "fsdp" (1-D FSDP or 2-D HSDP, options in
     `fsdp`) or "ddp" (1-D, no TP, no EP). mixed_precision: one process without any mesh, float32
     parameters with this compute dtype (apply_mixed_precision: FSDP2's casts on one rank without
-    its buffer copies). Every request is checked before the model is touched:
+    its buffer copies; fsdp.reshard_after_forward=False keeps the casts for backward). Every request is checked before the model is touched:
     unknown names, indivisible TP or EP sizes, mismatched meshes, missing torchao all raise
     ParallelConfigError.
     Returns the model; then initialize it (init_weights) and build the optimizer.
@@ -201,7 +201,9 @@ def parallelize(
         else:
             apply_ddp(model, dp_mesh)
     elif mixed_precision is not None:
-        apply_mixed_precision(model, param_dtype=mixed_precision, units=units)
+        # fsdp.reshard_after_forward=False keeps the casts for backward, as FSDP keeps its gathered copies
+        keep = fsdp.reshard_after_forward is False
+        apply_mixed_precision(model, param_dtype=mixed_precision, units=units, keep_for_backward=keep)
     elif expert_dp_mesh is not None:  # TP / EP without data parallel: only the experts are sharded
         from torch.distributed.fsdp import MixedPrecisionPolicy
 

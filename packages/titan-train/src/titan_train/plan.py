@@ -176,8 +176,6 @@ def _fsdp_only(cfg: JobConfig) -> list[str]:
     f8, p, t = cfg.float8, cfg.parallelism, cfg.training
     float8 = uses_float8(cfg)
     return [k for k, on in (("training.enable_cpu_offload", t.enable_cpu_offload),
-                            (f"parallelism.fsdp_reshard_after_forward = {p.fsdp_reshard_after_forward!r}",
-                             p.fsdp_reshard_after_forward != "default"),
                             (f"training.mixed_precision_reduce = {t.mixed_precision_reduce!r}",
                              t.mixed_precision_reduce != "float32"),
                             ("quantize.linear.float8.enable_fsdp_float8_all_gather",
@@ -310,6 +308,9 @@ def _check_fsdp_options(cfg: JobConfig, parallel: ParallelPlan) -> None:
     if parallel.dp == "fsdp":
         return
     asked = _fsdp_only(cfg)
+    reshard = cfg.parallelism.fsdp_reshard_after_forward
+    if reshard != "default" and parallel.cast_dtype is None:  # the one-GPU casts honour it too
+        asked.append(f"parallelism.fsdp_reshard_after_forward = {reshard!r}")
     if cfg.parallelism.single_gpu_fsdp:
         asked.append("parallelism.single_gpu_fsdp")
     if asked:

@@ -15,7 +15,8 @@ PP_SCHEDULES = ("GPipe", "1F1B", "Interleaved1F1B", "LoopedBFS", "InterleavedZer
 class Parallelism:
     data_parallel_replicate_degree: int = opt(1, "HSDP/DDP replicas")
     data_parallel_shard_degree: int = opt(-1, "FSDP shards (-1: whatever the other degrees leave)")
-    fsdp_reshard_after_forward: str = opt("default", "free gathered params after forward",
+    fsdp_reshard_after_forward: str = opt("default", "free gathered params (one GPU: the bf16 casts) after forward; never = "
+                                          "keep them for backward (faster, more memory)",
                                           choices=("default", "always", "never"))
     single_gpu_fsdp: bool = opt(False, "one GPU: FSDP2 on one rank holds the bf16 copies (default off: per-block "
                                        "casts, the same numbers with fewer copies of the weights per step)")

@@ -48,7 +48,7 @@ def parallelize_part(part: nn.Module, plan: RunPlan, dims: ParallelDims) -> nn.M
         tp_mesh=tp_mesh, tp_plan=tp_plan_for(spec, part, loss_parallel=par.loss_parallel) if tp_mesh else None,
         async_tp=par.async_tp, ulysses_mesh=dims.get_mesh("cp") if par.ulysses else None,
         attention_modules=spec.attention_cores, ac=par.ac, compile=par.compile or False,
-        dp_mesh=dp_mesh, dp=par.dp or "fsdp", fsdp=par.fsdp if par.dp == "fsdp" else None,
+        dp_mesh=dp_mesh, dp=par.dp or "fsdp", fsdp=par.fsdp if par.dp == "fsdp" or par.cast_dtype else None,
         mixed_precision=par.cast_dtype, **experts)
     return part
 

@@ -36,6 +36,17 @@ def _chunk(logits: torch.Tensor, target: torch.Tensor, scale: torch.Tensor):
     return loss, grad.to(logits.dtype)
 
 
+def _accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """acc += a @ b in acc's (float32) dtype. On CUDA the GEMM adds a bf16 product into the float32
+    sum itself (cuBLAS with beta = 1): no bf16 product, float32 copy and sum in memory per chunk."""
+    if a.dtype == acc.dtype:
+        acc.addmm_(a, b)
+    elif acc.is_cuda:
+        torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
+    else:  # the CPU has no mixed-dtype addmm
+        acc += (a @ b).to(acc.dtype)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, chunk: int, step):
@@ -48,8 +59,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             hc, tc = h[start:start + chunk], target[start:start + chunk]
             loss, dlogits = step(hc @ weight.t(), tc, scale)
             total += loss
-            grad_h[start:start + chunk] = dlogits @ weight
-            grad_w += (dlogits.t() @ hc).float()
+            torch.mm(dlogits, weight, out=grad_h[start:start + chunk])
+            _accumulate(grad_w, dlogits.t(), hc)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype
         return total * scale
