@@ -131,9 +131,3 @@ def test_wandb_asked_but_not_installed(capsys, tmp_path):
         pytest.skip("wandb is installed here")
     err = _fail(capsys, ["--metrics.enable_wandb", "--job.dump_folder", str(tmp_path)])
     assert "wandb is not installed" in err and "titan-train[wandb]" in err
-
-
-def test_fa4_without_a_hopper_gpu_is_refused_by_key(capsys, tmp_path):
-    err = _fail(capsys, ["--config", "llama3_debug", "--model.sdpa_kernels", "fa4", "--job.dump_folder",
-                         str(tmp_path)])
-    assert 'model.sdpa_kernels = ["fa4", ...]' in err and "Hopper and Blackwell" in err

@@ -24,7 +24,7 @@ from titan_models.common.sinks import SinkCore
 from titan_models.errors import ModelConfigError, unknown_name
 from torch import nn
 
-SDPA_KERNELS = ("cudnn", "flash", "efficient", "math", "fa4")
+SDPA_KERNELS = ("cudnn", "flash", "efficient", "math")
 BACKENDS = ("sdpa", "flex")
 
 
@@ -32,30 +32,12 @@ def sdpa_backends(names: tuple[str, ...]) -> list:
     """torch SDPBackend values for kernel names (SDPA_KERNELS), in the given order."""
     from torch.nn.attention import SDPBackend
 
-    # "fa4" is SDPA's flash kernel once activate_fa4() has pointed it at FlashAttention-4
     table = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
-             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH, "fa4": SDPBackend.FLASH_ATTENTION}
+             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
     unknown = [n for n in names if n not in table]
     if unknown:
         raise unknown_name("SDPA kernel", unknown[0], table)
     return [table[n] for n in names]
-
-
-def activate_fa4() -> None:
-    """Make SDPA's flash kernel FlashAttention-4 (the flash-attn-4 package, CuTe DSL kernels for
-    Hopper and Blackwell, forward and backward) for this whole process, through torch's own
-    registry (torch.nn.attention.activate_flash_attention_impl). Models then ask for it with
-    sdpa_kernels=("fa4",). Raises RuntimeError saying what is missing."""
-    import torch.nn.attention as attention
-
-    activate = getattr(attention, "activate_flash_attention_impl", None)
-    if activate is None:
-        raise RuntimeError(f"torch {torch.__version__} cannot route SDPA to FlashAttention-4 "
-                           "(torch.nn.attention.activate_flash_attention_impl is missing)")
-    try:
-        activate("FA4")
-    except ImportError as e:
-        raise RuntimeError(f"FlashAttention-4 is not installed ({e}); pip install flash-attn-4") from e
 
 
 class SDPACore(nn.Module):

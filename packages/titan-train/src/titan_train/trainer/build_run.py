@@ -89,21 +89,6 @@ def _configure_cuda_allocator(conf: str) -> None:
     setter(conf)
 
 
-def _activate_fa4(device_type: str) -> None:
-    """model.sdpa_kernels names "fa4": SDPA's flash kernel becomes FlashAttention-4, process-wide."""
-    from titan_models.common.attention import activate_fa4
-
-    major = torch.cuda.get_device_capability()[0] if device_type == "cuda" else 0
-    if major not in (9, 10):
-        where = f"compute capability {major}.x" if major else "no CUDA GPU"
-        raise ConfigError(f"model.sdpa_kernels = [\"fa4\", ...]: FlashAttention-4 runs on Hopper and Blackwell GPUs "
-                          f"(compute capability 9.x / 10.x), this machine has {where}; use cudnn or flash")
-    try:
-        activate_fa4()
-    except RuntimeError as e:
-        raise ConfigError(f"model.sdpa_kernels = [\"fa4\", ...]: {e}") from e
-
-
 def build_run(cfg: JobConfig, resume: checkpointing.Resume | None = None) -> Run:
     """Build everything for `cfg`; `resume` (from checkpointing.plan_resume) says what to load."""
     if resume is None:
@@ -118,8 +103,6 @@ def build_run(cfg: JobConfig, resume: checkpointing.Resume | None = None) -> Run
     plan = make_plan(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")), device_type=device_type,
                      vocab_size=tokenizer.vocab_size if tokenizer else 0,
                      eos_id=tokenizer.eos_id if tokenizer else None)  # every layout rule, checked
-    if "fa4" in cfg.model.sdpa_kernels:
-        _activate_fa4(device_type)
     if cfg.memory_estimation.enable:                          # a layout that cannot fit stops here
         from titan_train.memory import precheck
 
