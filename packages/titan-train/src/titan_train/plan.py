@@ -173,7 +173,7 @@ def _one_gpu_bf16(dims: ParallelDims, device_type: str, cfg: JobConfig) -> bool:
 
 def _fsdp_only(cfg: JobConfig) -> list[str]:
     """The set options that only FSDP carries out (config keys, with their values)."""
-    f8, p, t = cfg.float8, cfg.parallelism, cfg.training
+    f8, t = cfg.float8, cfg.training
     float8 = uses_float8(cfg)
     return [k for k, on in (("training.enable_cpu_offload", t.enable_cpu_offload),
                             (f"training.mixed_precision_reduce = {t.mixed_precision_reduce!r}",
