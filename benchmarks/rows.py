@@ -52,12 +52,18 @@ ROWS: dict[str, Row] = {
     # ---- 1x H100 (the 1B reference) ----
     "eager_b5": Row([*ONE_B, *_b(5)], reference="56,584 tok/s, 73.2 GiB (H100)"),
     "compile_b6": Row([*ONE_B, *_b(6), "--compile.enable"], reference="60,577 tok/s, 71.8 GiB (H100)"),
+    "compile_b6_keep": Row([*ONE_B, *_b(6), "--compile.enable", "--parallelism.fsdp_reshard_after_forward", "never"],
+                           reference="60,577 tok/s, 71.8 GiB (H100)"),
     "compile_float8_b8": Row([*ONE_B, *_b(8), "--compile.enable", *F8], reference="71,844 tok/s, 69.4 GiB (H100)"),
     "compile_sac_b6": Row([*ONE_B, *_b(6), "--compile.enable", "--activation_checkpoint.mode", "selective",
                            "--activation_checkpoint.selective_ac_option", "op"],
                           reference="55,968 tok/s, 41.3 GiB (H100)"),
     "vocab128k_compile_b2": Row([*ONE_B, *_b(2), "--compile.enable", "--model.vocab_size", "128256"],
                                 reference="47,624 tok/s, 50.9 GiB (H100)"),
+    # the fused chunked output + loss frees the [tokens, 128256] logits: a third sequence in the same memory
+    "vocab128k_compile_chunkloss_b3": Row([*ONE_B, *_b(3), "--compile.enable", "--model.vocab_size", "128256",
+                                           "--training.loss_chunk_size", "4096"],
+                                          reference="47,624 tok/s, 50.9 GiB (H100)"),
     # ---- Qwen 3 on one H200 (torchtitan v0.2.2 the same day: ../shared/GPU.md) ----
     "qwen3_1.7b_compile_b2": Row([*ONE_B, *QWEN3_1_7B, *_b(2), "--compile.enable"],
                                  reference="36,913 tok/s (52.6% MFU, tied output left out), 69.5 GiB (H200)"),

@@ -111,3 +111,20 @@ def test_precheck_inside_a_process_group_measures_in_a_subprocess():
     assert out.returncode == 0, out.stderr[-2000:]
     direct = estimate(build_config(["--config", "llama3_8b", "--model.vocab_size", "128256"]), 8)
     assert float(out.stdout.split()[-1]) == pytest.approx(direct.params, abs=1e-3)
+
+
+# The fused chunked loss (training.loss_chunk_size), held out: one H200, per-block casts, 2026-12-03
+# (benchmarks/results/2026-12-03-h200.md; peak active GiB). Without the chunked head's own terms the
+# estimate is the plain head's: 58.5 and 63.4 GiB, far off.
+QWEN3_1_7B = ["--config", "bench_1b", "--model.name", "qwen3", "--model.flavor", "1.7B", "--model.tie_embeddings",
+              "true", "--model.vocab_size", "151936", "--training.local_batch_size", "2", "--compile.enable"]
+HELD_OUT_CHUNKED_H200 = [
+    (["--config", "bench_1b", "--model.vocab_size", "128256", "--training.local_batch_size", "3", "--compile.enable",
+      "--training.loss_chunk_size", "4096"], 49.8),
+    (QWEN3_1_7B + ["--parallelism.fsdp_reshard_after_forward", "never", "--training.loss_chunk_size", "4096"], 58.0),
+]
+
+
+@pytest.mark.parametrize("argv,allocated", HELD_OUT_CHUNKED_H200)
+def test_chunked_loss_estimate_against_held_out_measurements(argv, allocated):
+    assert estimate(build_config(argv), 1).peak_allocated == pytest.approx(allocated, rel=0.03)

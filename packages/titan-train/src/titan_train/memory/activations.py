@@ -274,15 +274,24 @@ def backward_transient(s: ActShape, mode: str, option: str = "op", *, compiled: 
 class HeadBytes:
     retained: float   # per token, kept from the end of forward into backward
     transient: float  # per token, extra while the loss backward runs
+    fixed_retained: float = 0.0   # bytes, whatever the token count (the chunked loss's weight-gradient sum)
+    fixed_transient: float = 0.0
 
 
-def head_bytes(s: ActShape, *, compiled: bool = False, has_output: bool = True) -> HeadBytes:
-    """Final norm, logits and loss, per token. has_output=False: a pipeline stage without the head."""
+def head_bytes(s: ActShape, *, compiled: bool = False, has_output: bool = True, chunk: int = 0) -> HeadBytes:
+    """Final norm, logits and loss, per token. has_output=False: a pipeline stage without the head.
+    chunk > 0 (training.loss_chunk_size): the gradients are made in forward, so no logits are kept;
+    what is kept is the hidden states' gradient per token and a float32 [vocab, dim] weight-gradient
+    sum; transient: a chunk's logits and their gradient in forward, or in backward that sum scaled
+    (float32) and cast to the weight's dtype, whichever is larger."""
     if not has_output:
         return HeadBytes(0.0, 0.0)
     t, p = s.tp, s.act_bytes
     v = s.vocab / t if (t > 1 and s.loss_parallel) else s.vocab
-    norm = sum(_norm_terms(s, "norm").values()) + p * s.dim
+    norm = sum(_norm_terms(s, "norm").values()) + p * s.dim  # the norm's output, or with chunks grad_h
+    if chunk:
+        vd = v * s.dim
+        return HeadBytes(norm, 0.0, 4 * vd, max((4 + p) * vd, 2 * p * chunk * v))
     if compiled:
         return HeadBytes(norm + p * v + 4 + 8, p * v)
     return HeadBytes(norm + p * v + 4 * v + 8, 8 * v)

@@ -89,13 +89,13 @@ def _activation_bytes(layout: Layout, shape: ActShape, rank: RankStages) -> tupl
     kept = rank.in_flight * stage_mean * tokens
     if layout.pp > 1:  # each in-flight stage output waits for its gradient
         kept += rank.in_flight * shape.act_bytes * shape.dim / shape.tp * tokens
-    head = head_bytes(shape, compiled=layout.compile_loss, has_output=rank.has_head)
-    kept += head.retained * tokens
+    head = head_bytes(shape, compiled=layout.compile_loss, has_output=rank.has_head, chunk=layout.loss_chunk)
+    kept += head.retained * tokens + head.fixed_retained
     layer_t = backward_transient(shape, mode, option, compiled=compiled)
     if layout.cp > 1:  # ring attention: k and v of the whole sequence (all-gather) or of one peer
         chunks = layout.cp if layout.cp_rotate == "allgather" else 2
         layer_t += 2 * shape.act_bytes * shape.q_dim / shape.tp * chunks
-    return kept, max(head.transient, layer_t) * tokens
+    return kept, max(head.transient * tokens + head.fixed_transient, layer_t * tokens)
 
 
 def _comm_bytes(layout: Layout, sizes: ParamSizes, rank: RankStages) -> tuple[float, float]:

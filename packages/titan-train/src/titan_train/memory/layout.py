@@ -55,6 +55,7 @@ class Layout:
     ac_mode: str
     ac_option: str
     compile_loss: bool
+    loss_chunk: int  # training.loss_chunk_size (0: the plain head)
     optimizer: str
     optimizer_impl: str
     momentum: bool
@@ -188,5 +189,6 @@ def plan(cfg: JobConfig, world_size: int) -> Layout:
     o = cfg.optimizer
     return Layout(run=run, world_size=world_size, schedule=schedule, ranks=ranks,
                   ac_mode=cfg.activation_checkpoint.mode, ac_option=str(cfg.activation_checkpoint.selective_ac_option),
-                  compile_loss=cfg.compile.enable and "loss" in cfg.compile.components, optimizer=o.name,
+                  compile_loss=cfg.compile.enable and "loss" in cfg.compile.components,
+                  loss_chunk=cfg.training.loss_chunk_size or 0, optimizer=o.name,
                   optimizer_impl=o.implementation, momentum=o.name != "SGD" or 0 < o.beta1 < 1, vocab_note=vocab_note)
