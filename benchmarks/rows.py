@@ -48,11 +48,20 @@ def _deg(flag: str, n: int) -> list[str]:
     return [f"--parallelism.{flag}", str(n)]
 
 
+def _chunk(n: int) -> list[str]:
+    """The fused chunked output + loss, n tokens at a time."""
+    return ["--training.loss_chunk_size", str(n)]
+
+
+# one GPU: the bf16 casts (or FSDP's gathered blocks) kept from forward to backward
+KEEP = ["--parallelism.fsdp_reshard_after_forward", "never"]
+
+
 ROWS: dict[str, Row] = {
     # ---- 1x H100 (the 1B reference) ----
     "eager_b5": Row([*ONE_B, *_b(5)], reference="56,584 tok/s, 73.2 GiB (H100)"),
     "compile_b6": Row([*ONE_B, *_b(6), "--compile.enable"], reference="60,577 tok/s, 71.8 GiB (H100)"),
-    "compile_b6_keep": Row([*ONE_B, *_b(6), "--compile.enable", "--parallelism.fsdp_reshard_after_forward", "never"],
+    "compile_b6_keep": Row([*ONE_B, *_b(6), "--compile.enable", *KEEP],
                            reference="60,577 tok/s, 71.8 GiB (H100)"),
     "compile_float8_b8": Row([*ONE_B, *_b(8), "--compile.enable", *F8], reference="71,844 tok/s, 69.4 GiB (H100)"),
     "compile_sac_b6": Row([*ONE_B, *_b(6), "--compile.enable", "--activation_checkpoint.mode", "selective",
@@ -62,18 +71,16 @@ ROWS: dict[str, Row] = {
                                 reference="47,624 tok/s, 50.9 GiB (H100)"),
     # the fused chunked output + loss frees the [tokens, 128256] logits: a third sequence in the same memory
     "vocab128k_compile_chunkloss_b3": Row([*ONE_B, *_b(3), "--compile.enable", "--model.vocab_size", "128256",
-                                           "--training.loss_chunk_size", "4096"],
+                                           *_chunk(4096)],
                                           reference="47,624 tok/s, 50.9 GiB (H100)"),
     # ---- Qwen 3 on one H200 (torchtitan v0.2.2 the same day: ../shared/GPU.md) ----
     "qwen3_1.7b_compile_b2": Row([*ONE_B, *QWEN3_1_7B, *_b(2), "--compile.enable"],
                                  reference="36,913 tok/s (52.6% MFU, tied output left out), 69.5 GiB (H200)"),
     # the bf16 casts kept from forward to backward (one GPU: a cast pass less, +2 bytes/param at the peak)
-    "qwen3_1.7b_compile_keep_b2": Row([*ONE_B, *QWEN3_1_7B, *_b(2), "--compile.enable",
-                                       "--parallelism.fsdp_reshard_after_forward", "never"],
+    "qwen3_1.7b_compile_keep_b2": Row([*ONE_B, *QWEN3_1_7B, *_b(2), "--compile.enable", *KEEP],
                                       reference="36,913 tok/s (52.6% MFU, tied output left out), 69.5 GiB (H200)"),
-    "qwen3_1.7b_compile_keep_chunkloss_b2": Row([*ONE_B, *QWEN3_1_7B, *_b(2), "--compile.enable",
-                                                 "--parallelism.fsdp_reshard_after_forward", "never",
-                                                 "--training.loss_chunk_size", "4096"],
+    "qwen3_1.7b_compile_keep_chunkloss_b2": Row([*ONE_B, *QWEN3_1_7B, *_b(2), "--compile.enable", *KEEP,
+                                                 *_chunk(4096)],
                                                 reference="36,913 tok/s (52.6% MFU, tied output left out), 69.5 GiB (H200)"),
     "qwen3_1.7b_eager_b2": Row([*ONE_B, *QWEN3_1_7B, *_b(2)], reference="no torchtitan figure"),
     # Qwen3-30B-A3B cut to 4 layers (128 experts, top 8, vocab 151936): issue 19's MoE row
@@ -82,8 +89,8 @@ ROWS: dict[str, Row] = {
     "qwen3_30b_a3b_4l_eager_b2": Row([*ONE_B, *QWEN3_MOE_4L, *_b(2)], reference="56,245 tok/s, 95.5 GiB (H200)"),
     # the same with the bf16 block copies kept from forward to backward (one GPU: resharding only
     # frees memory, and the eager row has ~5 GiB of its cap to spare)
-    "qwen3_30b_a3b_4l_eager_b2_keep": Row([*ONE_B, *QWEN3_MOE_4L, *_b(2), "--parallelism.fsdp_reshard_after_forward",
-                                           "never"], reference="56,245 tok/s, 95.5 GiB (H200)"),
+    "qwen3_30b_a3b_4l_eager_b2_keep": Row([*ONE_B, *QWEN3_MOE_4L, *_b(2), *KEEP],
+                                          reference="56,245 tok/s, 95.5 GiB (H200)"),
     "deepseek_v3_16b_4l_compile_b2": Row([*ONE_B, *DSV3_16B_4L, *_b(2), "--compile.enable"],
                                          reference="79,232 tok/s (34.0% MFU active, flex block-causal), 54.0 GiB (H200)"),
     "deepseek_v3_16b_4l_compile_flex_b2": Row([*ONE_B, *DSV3_16B_4L, *_b(2), "--compile.enable",
@@ -95,21 +102,18 @@ ROWS: dict[str, Row] = {
                                           reference="38,724 tok/s (31.8% MFU active), 78.6 GiB (H200)"),
     # the same with the fused chunked output + loss (no [tokens, 201088] logits)
     "gpt_oss_20b_4l_compile_flex_chunkloss_b2": Row([*ONE_B, *GPT_OSS_20B_4L, *_b(2), "--compile.enable",
-                                                     "--model.attn_backend", "flex", "--training.loss_chunk_size", "2048"],
+                                                     "--model.attn_backend", "flex", *_chunk(2048)],
                                                     reference="38,724 tok/s (31.8% MFU active), 78.6 GiB (H200)"),
     "gpt_oss_20b_4l_compile_flex_chunkloss4k_b2": Row([*ONE_B, *GPT_OSS_20B_4L, *_b(2), "--compile.enable",
-                                                       "--model.attn_backend", "flex", "--training.loss_chunk_size",
-                                                       "4096"],
+                                                       "--model.attn_backend", "flex", *_chunk(4096)],
                                                       reference="38,724 tok/s (31.8% MFU active), 78.6 GiB (H200)"),
     # at seq 8192 Llama 4's 8192-token chunks are plain causal attention (SDPA's fused kernels)
     "llama4_17bx16e_2l_compile_b2": Row([*ONE_B, *LLAMA4_16E_2L, *_b(2), "--compile.enable"],
                                         reference="36,953 tok/s (41.1% MFU active), 127.7 GiB (H200)"),
-    "llama4_17bx16e_2l_compile_keep_b2": Row([*ONE_B, *LLAMA4_16E_2L, *_b(2), "--compile.enable",
-                                              "--parallelism.fsdp_reshard_after_forward", "never"],
+    "llama4_17bx16e_2l_compile_keep_b2": Row([*ONE_B, *LLAMA4_16E_2L, *_b(2), "--compile.enable", *KEEP],
                                              reference="36,953 tok/s (41.1% MFU active), 127.7 GiB (H200)"),
-    "llama4_17bx16e_2l_compile_keep_chunkloss_b2": Row([*ONE_B, *LLAMA4_16E_2L, *_b(2), "--compile.enable",
-                                                        "--parallelism.fsdp_reshard_after_forward", "never",
-                                                        "--training.loss_chunk_size", "4096"],
+    "llama4_17bx16e_2l_compile_keep_chunkloss_b2": Row([*ONE_B, *LLAMA4_16E_2L, *_b(2), "--compile.enable", *KEEP,
+                                                        *_chunk(4096)],
                                                        reference="36,953 tok/s (41.1% MFU active), 127.7 GiB (H200)"),
     "llama4_17bx16e_2l_compile_flex_b2": Row([*ONE_B, *LLAMA4_16E_2L, *_b(2), "--compile.enable",
                                               "--model.attn_backend", "flex"],

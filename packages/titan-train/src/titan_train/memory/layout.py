@@ -190,5 +190,5 @@ def plan(cfg: JobConfig, world_size: int) -> Layout:
     return Layout(run=run, world_size=world_size, schedule=schedule, ranks=ranks,
                   ac_mode=cfg.activation_checkpoint.mode, ac_option=str(cfg.activation_checkpoint.selective_ac_option),
                   compile_loss=cfg.compile.enable and "loss" in cfg.compile.components,
-                  loss_chunk=cfg.training.loss_chunk_size or 0, optimizer=o.name,
+                  loss_chunk=cfg.training.loss_chunk_size, optimizer=o.name,
                   optimizer_impl=o.implementation, momentum=o.name != "SGD" or 0 < o.beta1 < 1, vocab_note=vocab_note)
