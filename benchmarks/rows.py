@@ -55,12 +55,24 @@ def _chunk(n: int) -> list[str]:
 
 # one GPU: the bf16 casts (or FSDP's gathered blocks) kept from forward to backward
 KEEP = ["--parallelism.fsdp_reshard_after_forward", "never"]
+# one GPU: the bf16 copies kept between steps, AdamW reading bf16 gradients and writing the copies
+FUSED = ["--optimizer.fused_casts"]
 
 
 ROWS: dict[str, Row] = {
     # ---- 1x H100 (the 1B reference) ----
     "eager_b5": Row([*ONE_B, *_b(5)], reference="56,584 tok/s, 73.2 GiB (H100)"),
     "compile_b6": Row([*ONE_B, *_b(6), "--compile.enable"], reference="60,577 tok/s, 71.8 GiB (H100)"),
+    "compile_b6_fused": Row([*ONE_B, *_b(6), "--compile.enable", *FUSED],
+                            reference="60,577 tok/s, 71.8 GiB (H100)"),
+    "compile_float8_b8_fused": Row([*ONE_B, *_b(8), "--compile.enable", *F8, *FUSED],
+                                   reference="71,844 tok/s, 69.4 GiB (H100)"),
+    "compile_sac_b6_fused": Row([*ONE_B, *_b(6), "--compile.enable", "--activation_checkpoint.mode", "selective",
+                                 "--activation_checkpoint.selective_ac_option", "op", *FUSED],
+                                reference="55,968 tok/s, 41.3 GiB (H100)"),
+    "vocab128k_compile_chunkloss_fused_b3": Row([*ONE_B, *_b(3), "--compile.enable", "--model.vocab_size", "128256",
+                                                 *_chunk(4096), *FUSED],
+                                                reference="47,624 tok/s, 50.9 GiB (H100)"),
     "compile_b6_keep": Row([*ONE_B, *_b(6), "--compile.enable", *KEEP],
                            reference="60,577 tok/s, 71.8 GiB (H100)"),
     "compile_float8_b8": Row([*ONE_B, *_b(8), "--compile.enable", *F8], reference="71,844 tok/s, 69.4 GiB (H100)"),
@@ -82,6 +94,8 @@ ROWS: dict[str, Row] = {
     "qwen3_1.7b_compile_keep_chunkloss_b2": Row([*ONE_B, *QWEN3_1_7B, *_b(2), "--compile.enable", *KEEP,
                                                  *_chunk(4096)],
                                                 reference="36,913 tok/s (52.6% MFU, tied output left out), 69.5 GiB (H200)"),
+    "qwen3_1.7b_compile_fused_b2": Row([*ONE_B, *QWEN3_1_7B, *_b(2), "--compile.enable", *FUSED],
+                                       reference="36,913 tok/s (52.6% MFU, tied output left out), 69.5 GiB (H200)"),
     "qwen3_1.7b_eager_b2": Row([*ONE_B, *QWEN3_1_7B, *_b(2)], reference="no torchtitan figure"),
     # Qwen3-30B-A3B cut to 4 layers (128 experts, top 8, vocab 151936): issue 19's MoE row
     "qwen3_30b_a3b_4l_compile_b2": Row([*ONE_B, *QWEN3_MOE_4L, *_b(2), "--compile.enable"],
@@ -91,6 +105,8 @@ ROWS: dict[str, Row] = {
     # frees memory, and the eager row has ~5 GiB of its cap to spare)
     "qwen3_30b_a3b_4l_eager_b2_keep": Row([*ONE_B, *QWEN3_MOE_4L, *_b(2), *KEEP],
                                           reference="56,245 tok/s, 95.5 GiB (H200)"),
+    "qwen3_30b_a3b_4l_compile_fused_b2": Row([*ONE_B, *QWEN3_MOE_4L, *_b(2), "--compile.enable", *FUSED],
+                                             reference="64,866 tok/s (31.8% MFU active), 71.5 GiB (H200)"),
     "deepseek_v3_16b_4l_compile_b2": Row([*ONE_B, *DSV3_16B_4L, *_b(2), "--compile.enable"],
                                          reference="79,232 tok/s (34.0% MFU active, flex block-causal), 54.0 GiB (H200)"),
     "deepseek_v3_16b_4l_compile_flex_b2": Row([*ONE_B, *DSV3_16B_4L, *_b(2), "--compile.enable",
@@ -104,6 +120,9 @@ ROWS: dict[str, Row] = {
     "gpt_oss_20b_4l_compile_flex_chunkloss_b2": Row([*ONE_B, *GPT_OSS_20B_4L, *_b(2), "--compile.enable",
                                                      "--model.attn_backend", "flex", *_chunk(2048)],
                                                     reference="38,724 tok/s (31.8% MFU active), 78.6 GiB (H200)"),
+    "gpt_oss_20b_4l_compile_flex_chunkloss_fused_b2": Row([*ONE_B, *GPT_OSS_20B_4L, *_b(2), "--compile.enable",
+                                                           "--model.attn_backend", "flex", *_chunk(2048), *FUSED],
+                                                          reference="38,724 tok/s (31.8% MFU active), 78.6 GiB (H200)"),
     "gpt_oss_20b_4l_compile_flex_chunkloss4k_b2": Row([*ONE_B, *GPT_OSS_20B_4L, *_b(2), "--compile.enable",
                                                        "--model.attn_backend", "flex", *_chunk(4096)],
                                                       reference="38,724 tok/s (31.8% MFU active), 78.6 GiB (H200)"),
@@ -115,6 +134,8 @@ ROWS: dict[str, Row] = {
     "llama4_17bx16e_2l_compile_keep_chunkloss_b2": Row([*ONE_B, *LLAMA4_16E_2L, *_b(2), "--compile.enable", *KEEP,
                                                         *_chunk(4096)],
                                                        reference="36,953 tok/s (41.1% MFU active), 127.7 GiB (H200)"),
+    "llama4_17bx16e_2l_compile_fused_b2": Row([*ONE_B, *LLAMA4_16E_2L, *_b(2), "--compile.enable", *FUSED],
+                                              reference="36,953 tok/s (41.1% MFU active), 127.7 GiB (H200)"),
     "llama4_17bx16e_2l_compile_flex_b2": Row([*ONE_B, *LLAMA4_16E_2L, *_b(2), "--compile.enable",
                                               "--model.attn_backend", "flex"],
                                              reference="36,953 tok/s (41.1% MFU active), 127.7 GiB (H200)"),
@@ -146,6 +167,7 @@ ROWS: dict[str, Row] = {
                            "--parallelism.pipeline_parallel_schedule", "1F1B"], 2),
     "8b_pp2_interleaved_b4": Row([*EIGHT_B, *_b(4), *_deg("pipeline_parallel_degree", 2),
                                   "--parallelism.pipeline_parallel_schedule", "Interleaved1F1B"], 2),
+    "8b_1gpu_sac_b1_fused": Row([*EIGHT_B, *_b(1), *FUSED], 1, "one GPU: 7,531 tok/s, 138.5 GiB (H200)"),
     "8b_1gpu_sac_b1": Row([*EIGHT_B, *_b(1)], 1, "one GPU, for scaling (estimated 138 GiB: batch 2 does not fit)"),
     # ---- 8 GPUs (torchtitan's published 8x H100 table: local batch 2, selective AC) ----
     "8b_fsdp8_sac_eager_b2": Row([*EIGHT_B, *_b(2), *NO_COMPILE], 8, "5,762 tok/s/GPU (8x H100)"),

@@ -13,6 +13,8 @@ from titan_parallel.errors import ParallelConfigError
 from titan_parallel.expert_parallel import apply_ep, apply_expert_fsdp
 from titan_parallel.float8 import apply_float8, float8_linear_names, precompute_float8_scales
 from titan_parallel.init import init_context, init_weights
+from titan_parallel.master_adamw import MasterAdamW
+from titan_parallel.master_weights import compute_copies
 from titan_parallel.mixed_precision import apply_mixed_precision
 from titan_parallel.modules import find_repeated_blocks, resolve_units
 from titan_parallel.parallelize import (
@@ -33,6 +35,7 @@ __all__ = [
     "CompileOptions",
     "FSDPOptions",
     "Float8Options",
+    "MasterAdamW",
     "OpPolicy",
     "ParallelConfigError",
     "apply_ac",
@@ -46,6 +49,7 @@ __all__ = [
     "apply_tp",
     "check_tp_degree",
     "clip_grad_norm_",
+    "compute_copies",
     "find_repeated_blocks",
     "float8_linear_names",
     "get_total_norm",

@@ -34,11 +34,13 @@ def _local_power_sum(grads: list[torch.Tensor], norm_type: float, foreach: bool 
     for g in grads:
         by_device[(g.device, g.dtype)].append(g)
     parts = []
-    for (device, _), group in by_device.items():
+    for (device, dtype), group in by_device.items():
+        # bf16 / fp16 gradients: each tensor's norm in float32 too (a bf16 norm is 3 digits)
+        wide = torch.float32 if dtype in (torch.bfloat16, torch.float16) else None
         if foreach is not False and device.type != "meta":
-            norms = torch._foreach_norm(group, norm_type)
+            norms = torch._foreach_norm(group, norm_type, dtype=wide)
         else:
-            norms = [torch.linalg.vector_norm(g, norm_type) for g in group]
+            norms = [torch.linalg.vector_norm(g, norm_type, dtype=wide) for g in group]
         stacked = torch.stack([n.float() for n in norms])
         parts.append(stacked.max() if math.isinf(norm_type) else stacked.pow(norm_type).sum())
     return _combine(parts, norm_type)

@@ -21,6 +21,7 @@ from torch.utils._pytree import tree_map
 
 from titan_parallel.data_parallel import as_dtype
 from titan_parallel.errors import ParallelConfigError
+from titan_parallel.master_weights import ComputeCopies, PersistentCast
 from titan_parallel.modules import Units, resolve_units
 
 
@@ -98,7 +99,7 @@ def check_mixed_precision(model: nn.Module, param_dtype) -> torch.dtype:
 
 def apply_mixed_precision(model: nn.Module, *, param_dtype: torch.dtype | str = "bfloat16",
                           units: Units = None, cast_inputs: bool = True,
-                          keep_for_backward: bool = False) -> nn.Module:
+                          keep_for_backward: bool = False, persistent: bool = False) -> nn.Module:
     """Train `model` (float32 parameters, one process) with `param_dtype` compute: each unit
     (default: the repeated blocks) and then the root (whatever no unit holds: embeddings, final
     norm, output) casts its parameters as its forward starts and drops the copies after it; backward
@@ -109,23 +110,29 @@ def apply_mixed_precision(model: nn.Module, *, param_dtype: torch.dtype | str = 
     first (FSDP2 does this at every unit; here only at the root, so e.g. a float32 RoPE table the
     root hands its blocks stays float32). keep_for_backward: what autograd saves of the casts stays
     alive until backward instead of being cast again there (FSDP's reshard_after_forward=False: one
-    pass over the weights less per step, the bf16 copy of every parameter held at the peak). Apply
-    after activation checkpointing and compile (as
-    FSDP would be). Buffers keep their dtype. Returns the model (hooks added in place; parameter
-    names and dtypes unchanged).
+    pass over the weights less per step, the bf16 copy of every parameter held at the peak).
+    persistent: each parameter's copy lives between steps and collects its gradient in
+    param_dtype on its own `.grad` (the float32 `.grad` stays None); step with MasterAdamW, which
+    writes the copies as it updates the weights (master_weights.py; compute_copies(model) finds
+    them). Apply after activation checkpointing and compile (as FSDP would be). Buffers keep their
+    dtype. Returns the model (hooks added in place; parameter names and dtypes unchanged).
     """
     dtype = check_mixed_precision(model, param_dtype)
+    copies = None
+    if persistent:
+        copies = ComputeCopies(dtype)
+        model._titan_compute_copies = copies
     blocks = [m for _, m in resolve_units(model, units) if m is not model]
     in_units: set[int] = set()
     for block in blocks:
         target, drop_saved = _hook_target(block)
-        _attach(target, _slots(target), dtype, drop_saved and not keep_for_backward)
+        _attach(target, _slots(target), dtype, drop_saved and not keep_for_backward, copies)
         in_units.update(id(p) for p in block.parameters())
     if cast_inputs:
         model.register_forward_pre_hook(_input_caster(dtype), with_kwargs=True)
     rest = [s for s in _slots(model) if id(s[2]) not in in_units]
     if rest:
-        _attach(model, rest, dtype, drop_saved=not keep_for_backward)
+        _attach(model, rest, dtype, not keep_for_backward, copies)
     return model
 
 
@@ -142,10 +149,10 @@ def _slots(module: nn.Module) -> list[tuple[nn.Module, str, nn.Parameter]]:
             for name, p in owner._parameters.items() if p is not None and p.dtype.is_floating_point]
 
 
-def _attach(target: nn.Module, slots, dtype: torch.dtype, drop_saved: bool) -> None:
+def _attach(target: nn.Module, slots, dtype: torch.dtype, drop_saved: bool, copies: ComputeCopies | None) -> None:
     slots = [(owner, name) for owner, name, p in slots if p.dtype != dtype]
     if not slots:
         return
-    hooks = _UnitCast(slots, dtype, drop_saved)
+    hooks = _UnitCast(slots, dtype, drop_saved) if copies is None else PersistentCast(slots, copies)
     target.register_forward_pre_hook(hooks.before)
     target.register_forward_hook(hooks.after, always_call=True)  # restore even if forward raises

@@ -97,6 +97,7 @@ def parallelize(
     dp: Literal["fsdp", "ddp"] = "fsdp",
     fsdp: FSDPOptions | None = None,
     mixed_precision: torch.dtype | str | None = None,
+    persistent_casts: bool = False,
 ) -> nn.Module:
     """Apply what is asked, in the documented order, to a model (usually on the meta device).
 
@@ -113,7 +114,8 @@ def parallelize(
     ac / compile: per unit (experts stay eager). dp_mesh: "fsdp" (1-D FSDP or 2-D HSDP, options in
     `fsdp`) or "ddp" (1-D, no TP, no EP). mixed_precision: one process without any mesh, float32
     parameters with this compute dtype (apply_mixed_precision: FSDP2's casts on one rank without
-    its buffer copies; fsdp.reshard_after_forward=False keeps the casts for backward). Every request is checked before the model is touched:
+    its buffer copies; fsdp.reshard_after_forward=False keeps the casts for backward;
+    persistent_casts=True keeps them between steps for MasterAdamW). Every request is checked before the model is touched:
     unknown names, indivisible TP or EP sizes, mismatched meshes, missing torchao all raise
     ParallelConfigError.
     Returns the model; then initialize it (init_weights) and build the optimizer.
@@ -172,6 +174,9 @@ def parallelize(
                 f"mixed_precision is for one process without meshes, but {', '.join(meshes)} given: use "
                 "fsdp=FSDPOptions(param_dtype=..., reduce_dtype=...) with a dp_mesh instead")
         check_mixed_precision(model, mixed_precision)
+    elif persistent_casts:
+        raise ParallelConfigError("persistent_casts=True keeps the copies of mixed_precision's casts, but "
+                                  "mixed_precision is None: give it a dtype such as 'bfloat16'")
 
     # --- the documented order ---
     if float8 is not None:
@@ -203,7 +208,8 @@ def parallelize(
     elif mixed_precision is not None:
         # fsdp.reshard_after_forward=False keeps the casts for backward, as FSDP keeps its gathered copies
         keep = fsdp.reshard_after_forward is False
-        apply_mixed_precision(model, param_dtype=mixed_precision, units=units, keep_for_backward=keep)
+        apply_mixed_precision(model, param_dtype=mixed_precision, units=units, keep_for_backward=keep,
+                              persistent=persistent_casts)
     elif expert_dp_mesh is not None:  # TP / EP without data parallel: only the experts are sharded
         from torch.distributed.fsdp import MixedPrecisionPolicy
 

@@ -80,6 +80,7 @@ class ParallelPlan:
     dp: str | None               # "fsdp", "ddp" or None (one device without FSDP)
     fsdp: FSDPOptions
     cast_dtype: torch.dtype | None = None  # one GPU without FSDP: the per-unit compute casts
+    persistent_casts: bool = False  # those casts kept between steps, written by MasterAdamW (optimizer.fused_casts)
 
 
 @dataclass(frozen=True)
@@ -300,7 +301,8 @@ def parallel_plan(cfg: JobConfig, dims: ParallelDims, device_type: str, precisio
         dp="fsdp" if fsdp else ("ddp" if dims.dp_replicate > 1 else None),
         fsdp=FSDPOptions(param_dtype=precision.param_dtype, reduce_dtype=precision.reduce_dtype,
                          reshard_after_forward=reshard, cpu_offload=cfg.training.enable_cpu_offload),
-        cast_dtype=precision.param_dtype if precision.mode == "cast" else None)
+        cast_dtype=precision.param_dtype if precision.mode == "cast" else None,
+        persistent_casts=cfg.optimizer.fused_casts and precision.mode == "cast")
 
 
 def _check_fsdp_options(cfg: JobConfig, parallel: ParallelPlan) -> None:
@@ -346,6 +348,7 @@ def make_plan(cfg: JobConfig, *, world_size: int, device_type: str, vocab_size: 
     precision = precision_plan(cfg, dims, device_type)
     parallel = parallel_plan(cfg, dims, device_type, precision)
     _check_fsdp_options(cfg, parallel)
+    _check_fused_casts(cfg, precision, batch)
     spec = titan_models.get_model_spec(cfg.model.name)
     if spec.task == "diffusion":  # images: joint image + text sequences, no vocabulary
         from titan_train.diffusion import rules
@@ -371,6 +374,25 @@ def make_plan(cfg: JobConfig, *, world_size: int, device_type: str, vocab_size: 
     _check_chunked_loss(cfg, dims, spec)
     return RunPlan(dims=dims, device_type=device_type, spec=spec, args=args, batch=batch, precision=precision,
                    parallel=parallel, float8=float8_options(cfg, spec), pipeline=pipeline, context=context)
+
+
+def _check_fused_casts(cfg: JobConfig, precision: Precision, batch: BatchPlan) -> None:
+    """optimizer.fused_casts changes how the one-GPU casts and AdamW work together: nothing else."""
+    if not cfg.optimizer.fused_casts:
+        return
+    key = "optimizer.fused_casts = true"
+    if precision.mode != "cast":
+        path = {"off": "trains in float32 (the CPU, or mixed_precision_param = 'float32')", "fsdp": "uses FSDP's casts",
+                "autocast": "uses DDP's autocast", "unsupported": "trains in float32 (TP / PP without FSDP)"}
+        raise ConfigError(f"{key} needs the one-GPU bf16 casts (one CUDA process, training.mixed_precision_param "
+                          f"= 'bfloat16', no FSDP or parallelism.single_gpu_fsdp); this run "
+                          f"{path.get(precision.mode, precision.mode)}: turn it off")
+    if cfg.optimizer.name != "AdamW":
+        raise ConfigError(f"{key} with optimizer.name = {cfg.optimizer.name!r}: it fuses AdamW only; use AdamW "
+                          "or turn it off")
+    if batch.accum_steps > 1:
+        raise ConfigError(f"{key} with {batch.accum_steps} micro-batches per step (training.global_batch_size): "
+                          "gradients would add up in bf16; use one micro-batch or turn it off")
 
 
 def _check_chunked_loss(cfg: JobConfig, dims: ParallelDims, spec) -> None:

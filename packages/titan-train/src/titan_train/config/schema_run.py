@@ -54,6 +54,11 @@ class Optimizer:
                                    "torch); never applied to norms, biases or embeddings")
     implementation: str = opt("fused", "optimizer kernel (fused falls back to foreach where unsupported)",
                               choices=("fused", "foreach", "for-loop"))
+    fused_casts: bool = opt(False, "one GPU with the bf16 casts (no FSDP), AdamW, no gradient accumulation: keep "
+                                   "each weight's bf16 copy between steps; gradients stay bf16 on it and the "
+                                   "optimizer writes the copy as it updates the float32 weight (a cast pass over "
+                                   "the weights and two over the gradients less per step; bf16 copies and "
+                                   "gradients instead of float32 gradients in memory)")
 
 
 @dataclass

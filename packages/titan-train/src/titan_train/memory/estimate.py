@@ -101,6 +101,8 @@ def _activation_bytes(layout: Layout, shape: ActShape, rank: RankStages) -> tupl
 def _comm_bytes(layout: Layout, sizes: ParamSizes, rank: RankStages) -> tuple[float, float]:
     """(buffers at backward start, buffers at the end of backward) for FSDP, async TP."""
     c, r = layout.compute_bytes, layout.reduce_bytes
+    if layout.persistent_casts:  # the bf16 copies are resident (_states); nothing is gathered or reduced
+        return 0.0, 0.0
     if not (layout.fsdp or layout.casts):  # (one GPU's casts hold what FSDP's gathers hold, at most)
         ddp = 2 * 25 * 2**20 if layout.ddp else 0  # DDP's gradient buckets
         return ddp, ddp
@@ -122,6 +124,8 @@ def _states(layout: Layout, sizes: ParamSizes, rank: RankStages) -> tuple[float,
     if layout.cpu_offload:
         return 0.0, 0.0, 0.0
     per_param = {"AdamW": 2, "Adam": 2}.get(layout.optimizer, 1 if layout.momentum else 0)
+    if layout.persistent_casts:  # float32 weights + their bf16 copies; bf16 gradients on the copies
+        return stored * (4 + layout.compute_bytes), stored * layout.compute_bytes, stored * 4 * per_param
     return stored * 4, stored * 4, stored * 4 * per_param
 
 
@@ -144,7 +148,8 @@ def estimate_layout(layout: Layout, sizes: ParamSizes) -> MemoryEstimate:
             comm_start += 2 * gathered
         a = held_grads + kept + transient + comm_start + fp8
         # foreach kernels make a temporary per state tensor; fused ones do not
-        opt_temp = 0.0 if layout.optimizer_impl == "fused" else 4 * _rank_param_elems(sizes, rank, "stored")
+        fused = layout.optimizer_impl == "fused" or layout.persistent_casts
+        opt_temp = 0.0 if fused else 4 * _rank_param_elems(sizes, rank, "stored")
         b = grads + opt_temp + comm_end
         allocated = params + opt + max(a, b)
         phase = "backward start" if a >= b else "optimizer step"
@@ -156,6 +161,8 @@ def estimate_layout(layout: Layout, sizes: ParamSizes) -> MemoryEstimate:
             total=allocated * FRAGMENTATION / GIB + RUNTIME_OVERHEAD_GIB, pp_rank=rank.pp_rank, phase=phase)
         est.notes.append(f"{gathered / 1e9:.2f}B parameters per rank before FSDP sharding; "
                          f"{layout.tokens_per_microbatch} tokens per microbatch; {rank.in_flight} in flight")
+        if layout.persistent_casts:
+            est.notes.append("optimizer.fused_casts: parameters include their bf16 copies; gradients are bf16")
         if best is None or est.peak_allocated > best.peak_allocated:
             best = est
     assert best is not None

@@ -88,6 +88,7 @@ class Layout:
     float8_all_gather = property(lambda self: self.float8 and self.run.float8.fsdp_float8_all_gather)
     fsdp = property(lambda self: self.run.parallel.dp == "fsdp")
     casts = property(lambda self: self.run.precision.mode == "cast")  # one GPU: per-unit bf16 copies
+    persistent_casts = property(lambda self: self.run.parallel.persistent_casts)  # optimizer.fused_casts
     ddp = property(lambda self: self.run.parallel.dp == "ddp")
     loss_parallel = property(lambda self: self.run.parallel.loss_parallel)
     async_tp = property(lambda self: self.run.parallel.async_tp)

@@ -49,7 +49,7 @@ def parallelize_part(part: nn.Module, plan: RunPlan, dims: ParallelDims) -> nn.M
         async_tp=par.async_tp, ulysses_mesh=dims.get_mesh("cp") if par.ulysses else None,
         attention_modules=spec.attention_cores, ac=par.ac, compile=par.compile or False,
         dp_mesh=dp_mesh, dp=par.dp or "fsdp", fsdp=par.fsdp if par.dp == "fsdp" or par.cast_dtype else None,
-        mixed_precision=par.cast_dtype, **experts)
+        mixed_precision=par.cast_dtype, persistent_casts=par.persistent_casts, **experts)
     return part
 
 

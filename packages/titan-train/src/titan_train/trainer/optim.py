@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from titan_parallel import MasterAdamW, compute_copies
 from torch import nn
 
 
@@ -50,13 +51,17 @@ def clips_in_optimizer(optimizers: list) -> bool:
     """Whether gradient clipping can ride on the optimizers' own kernel: fused Adam(W) divides
     each gradient by its `grad_scale` as it reads it (the hook torch's GradScaler uses), so the
     clip needs no pass of its own over the gradients (a read and a write of every one)."""
-    return bool(optimizers) and all(isinstance(o, torch.optim.Adam | torch.optim.AdamW) and o.defaults.get("fused")
-                                    for o in optimizers)
+    return bool(optimizers) and all(isinstance(o, MasterAdamW) or (
+        isinstance(o, torch.optim.Adam | torch.optim.AdamW) and o.defaults.get("fused")) for o in optimizers)
 
 
 def build_optimizer(model: nn.Module, s: OptimizerSettings) -> torch.optim.Optimizer:
     """One optimizer per model part (pipeline stages hold different parameters)."""
     groups = _param_groups(model, s.weight_decay)
+    if compute_copies(model) is not None:  # persistent bf16 copies hold the gradients (optimizer.fused_casts)
+        if s.name != "AdamW":
+            raise ValueError(f"persistent casts step with AdamW only, not {s.name!r}")
+        return MasterAdamW(groups, model, lr=s.lr, betas=(s.beta1, s.beta2), eps=s.eps, weight_decay=s.weight_decay)
     flags = _kernel_flags(s.implementation, s.name, [p for g in groups for p in g["params"]])
     if s.name in ("AdamW", "Adam"):
         cls = torch.optim.AdamW if s.name == "AdamW" else torch.optim.Adam

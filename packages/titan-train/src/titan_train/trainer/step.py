@@ -54,6 +54,13 @@ class StepRunner:
         self.tokens_of = tokens_of or (lambda labels: labels.numel())
         self.clip_in_optimizer = clips_in_optimizer(optimizers)
 
+    def _grad_params(self) -> list[torch.Tensor]:
+        """What holds this step's gradients: the parameters, or the persistent bf16 copies whose
+        `.grad` MasterAdamW reads (optimizer.fused_casts)."""
+        if self.optimizers and all(hasattr(o, "grad_holders") for o in self.optimizers):
+            return [t for o in self.optimizers for t in o.grad_holders()]
+        return self.params
+
     def _next_batch(self, it: Iterator) -> tuple[torch.Tensor, torch.Tensor, float]:
         t0 = time.perf_counter()
         inputs, labels = next(it)
@@ -86,10 +93,10 @@ class StepRunner:
         if self.clip_in_optimizer and math.isfinite(max_norm):
             # Measure only; the optimizer divides by 1 / clip coefficient as it reads each gradient
             # (torch's coefficient: max_norm / (norm + 1e-6), at most 1).
-            grad_norm = self.clip_fn(self.params, float("inf"))
+            grad_norm = self.clip_fn(self._grad_params(), float("inf"))
             unscale = ((grad_norm + 1e-6) / max_norm).clamp(min=1.0)
         else:
-            grad_norm = self.clip_fn(self.params, max_norm)
+            grad_norm = self.clip_fn(self._grad_params(), max_norm)
         lr = self.optimizers[0].param_groups[0]["lr"]
         if self.before_optimizer_step is not None:
             self.before_optimizer_step()
