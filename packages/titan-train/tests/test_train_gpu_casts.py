@@ -67,3 +67,17 @@ def test_fused_casts_train_like_the_casts(tmp_path, model, compiled):
     # the debug models' activations dwarf their weights: the resident bf16 copies (~0.01-0.02 GiB
     # here) may raise the peak a little; the large rows' peaks fall (benchmarks/results)
     assert fused[-1]["memory_max_active_gib"] <= casts[-1]["memory_max_active_gib"] + 0.05, (fused[-1], casts[-1])
+
+
+@requires_gpus(1)
+def test_fused_casts_resume_bit_identical(tmp_path):
+    """Stopped at step 3 and resumed (the optimizer state loads before any copy exists; the copies
+    are cast from the loaded weights): the same 6 steps as without the stop."""
+    ckpt = ["--config", "llama3_debug", "--optimizer.fused_casts", "--checkpoint.enable", "--checkpoint.interval", "3",
+            "--checkpoint.last_save_model_only", "false"]
+    full = _run(tmp_path, "full", *ckpt)
+    first = _run(tmp_path, "split", *ckpt, "--training.stop_at_step", "3")
+    second = _run(tmp_path, "split", *ckpt)[len(first):]  # metrics.jsonl appends
+    assert [r["step"] for r in first + second] == list(range(1, 7))
+    assert [r["loss"] for r in first + second] == [r["loss"] for r in full]
+    assert [r["grad_norm"] for r in first + second] == [r["grad_norm"] for r in full]
