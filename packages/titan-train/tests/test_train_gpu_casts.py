@@ -64,9 +64,10 @@ def test_fused_casts_train_like_the_casts(tmp_path, model, compiled):
     for a, b in zip(fused, casts):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-3), (a, b)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=2e-2), (a, b)
-    # the debug models' activations dwarf their weights: the resident bf16 copies (~0.01-0.02 GiB
-    # here) may raise the peak a little; the large rows' peaks fall (benchmarks/results)
-    assert fused[-1]["memory_max_active_gib"] <= casts[-1]["memory_max_active_gib"] + 0.05, (fused[-1], casts[-1])
+    # every weight's bf16 copy is resident (and its bf16 gradient in place of a float32 one): on
+    # the debug models, whose weights are a large share of the peak, 0.21 -> 0.30 GiB on the H200;
+    # the large rows' peaks stay or fall (Llama 4 2L 111.5 -> 105.8 GiB, benchmarks/results)
+    assert fused[-1]["memory_max_active_gib"] <= 1.5 * casts[-1]["memory_max_active_gib"], (fused[-1], casts[-1])
 
 
 @requires_gpus(1)
