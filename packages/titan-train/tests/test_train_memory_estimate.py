@@ -128,3 +128,26 @@ HELD_OUT_CHUNKED_H200 = [
 @pytest.mark.parametrize("argv,allocated", HELD_OUT_CHUNKED_H200)
 def test_chunked_loss_estimate_against_held_out_measurements(argv, allocated):
     assert estimate(build_config(argv), 1).peak_allocated == pytest.approx(allocated, rel=0.03)
+
+
+# optimizer.fused_casts, held out: one H200, 2026-12-04 (benchmarks/results/2026-12-04-h200.md; peak
+# active GiB). Counting float32 gradients and per-unit casts instead (the casts' terms) gives 124.4 GiB
+# for Llama 4, far off; the 1B row (68.5) is close either way: its activations dominate.
+LLAMA4_2L = ["--config", "bench_1b", "--model.name", "llama4", "--model.flavor", "17bx16e", "--model.n_layers", "2",
+             "--model.vocab_size", "202048", "--training.local_batch_size", "2", "--compile.enable"]
+ONE_B_B6 = ["--config", "bench_1b", "--training.local_batch_size", "6", "--compile.enable"]
+FUSED = ["--optimizer.fused_casts"]
+HELD_OUT_FUSED_CASTS_H200 = [
+    (LLAMA4_2L + FUSED, 104.3),
+    (QWEN3_1_7B + FUSED, 62.6),
+    (ONE_B_B6 + FUSED, 69.4),
+    (ONE_B_B6[:3] + ["3", "--compile.enable", "--model.vocab_size", "128256", "--training.loss_chunk_size", "2048",
+                     *FUSED], 50.1),
+    (["--config", "bench_1b", "--training.local_batch_size", "8", "--compile.enable", "--model.converters",
+      "quantize.linear.float8", "--quantize.linear.float8.filter_fqns", "output", *FUSED], 66.9),
+]
+
+
+@pytest.mark.parametrize("argv,allocated", HELD_OUT_FUSED_CASTS_H200)
+def test_fused_casts_estimate_against_held_out_measurements(argv, allocated):
+    assert estimate(build_config(argv), 1).peak_allocated == pytest.approx(allocated, rel=0.03)

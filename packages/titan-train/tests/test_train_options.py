@@ -158,3 +158,28 @@ def test_clipping_inside_fused_adamw_updates_like_clipping_the_gradients():
         for p, q in zip(model.parameters(), ref.parameters()):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     assert clipped >= 2  # the clip was exercised
+
+
+def test_mfu_is_against_the_bf16_peak_with_the_fp8_one_beside_it_for_float8():
+    """As torchtitan reports it: a float8 run's MFU over the bf16 peak; `mfu_fp8_peak` labelled."""
+    from types import SimpleNamespace
+
+    from titan_train.trainer.hardware import Peak
+    from titan_train.trainer.metrics import MetricsLogger
+    from titan_train.trainer.run import Run
+
+    batch = SimpleNamespace(local_tokens_per_step=1000, tokens_per_step=1000)
+
+    def record(float8):
+        plan = SimpleNamespace(batch=batch, flops_per_token=1e9, float8=object() if float8 else None)
+        run = Run(cfg=None, device=None, world_size=1, parts=[], optimizers=[], schedulers=[], loader=None,
+                  step_runner=None, metrics=None, state=None, loss_mesh=None, peak=Peak("H", 1e15, 2e15), plan=plan)
+        return run.metric_record(1, 2.0, 1.0, 1e-3, window_tokens=1000, elapsed=0.002, data_s=0.0)
+
+    bf16, fp8 = record(False), record(True)
+    assert bf16["tflops"] == fp8["tflops"] == 500.0
+    assert bf16["mfu"] == fp8["mfu"] == 50.0 and "mfu_fp8_peak" not in bf16
+    assert fp8["mfu_fp8_peak"] == 25.0
+    console = SimpleNamespace(s=SimpleNamespace(color=False))
+    assert "mfu 50.0% (of fp8 peak 25.0%)" in MetricsLogger._console_line(console, fp8, 10, 0.1)
+    assert "fp8" not in MetricsLogger._console_line(console, bf16, 10, 0.1)

@@ -99,7 +99,8 @@ class MetricsLogger:
         if "tflops" in r:
             parts.append(f"tflops {r['tflops']:.1f}")
         if "mfu" in r:
-            parts.append(f"{c['mfu']}mfu {r['mfu']:.1f}%{c['end']}")
+            fp8 = f" (of fp8 peak {r['mfu_fp8_peak']:.1f}%)" if "mfu_fp8_peak" in r else ""
+            parts.append(f"{c['mfu']}mfu {r['mfu']:.1f}%{fp8}{c['end']}")
         if "moe_max_share" in r:  # the busiest expert's share of its layer's tokens (even: top_k / experts)
             parts.append(f"moe max {100 * r['moe_max_share']:.0f}%")
         if "mtp_loss" in r:  # multi-token prediction's cross-entropy (before its weight)

@@ -64,10 +64,11 @@ class Run:
             record["images_per_second"] = tps * self.samples_per_token
         tflops = tps * self.plan.flops_per_token / 1e12
         record["tflops"] = tflops
-        fp8 = self.plan.float8 is not None
-        peak = self.peak.fp8 if fp8 and self.peak.fp8 else self.peak.bf16
-        if peak:
-            record["mfu"] = 100.0 * tflops * 1e12 / peak
+        # against the bf16 peak as torchtitan reports it, float8 runs too; those also against the fp8 peak
+        if self.peak.bf16:
+            record["mfu"] = 100.0 * tflops * 1e12 / self.peak.bf16
+        if self.plan.float8 is not None and self.peak.fp8:
+            record["mfu_fp8_peak"] = 100.0 * tflops * 1e12 / self.peak.fp8
         if self.moe is not None:
             record.update(self.moe.metrics())
         if self.mtp is not None:
