@@ -19,6 +19,7 @@ from titan_mesh import ParallelDims, ParallelDimsError
 from titan_models import RunOptions
 from titan_parallel import ACOptions, CompileOptions, Float8Options, FSDPOptions
 
+from titan_train import plan_checks as checks
 from titan_train.config import JobConfig, uses_float8
 from titan_train.errors import ConfigError
 
@@ -160,7 +161,7 @@ def uses_fsdp(dims: ParallelDims, device_type: str, cfg: JobConfig) -> bool:
     (parallelism.single_gpu_fsdp) or when an option only FSDP carries out is set."""
     if dims.dp_shard * dims.cp > 1:
         return True
-    return _one_gpu_bf16(dims, device_type, cfg) and (cfg.parallelism.single_gpu_fsdp or bool(_fsdp_only(cfg)))
+    return _one_gpu_bf16(dims, device_type, cfg) and (cfg.parallelism.single_gpu_fsdp or bool(checks.fsdp_only(cfg)))
 
 
 def uses_casts(dims: ParallelDims, device_type: str, cfg: JobConfig) -> bool:
@@ -170,19 +171,6 @@ def uses_casts(dims: ParallelDims, device_type: str, cfg: JobConfig) -> bool:
 
 def _one_gpu_bf16(dims: ParallelDims, device_type: str, cfg: JobConfig) -> bool:
     return device_type == "cuda" and dims.world_size == 1 and cfg.training.mixed_precision_param != "float32"
-
-
-def _fsdp_only(cfg: JobConfig) -> list[str]:
-    """The set options that only FSDP carries out (config keys, with their values)."""
-    f8, t = cfg.float8, cfg.training
-    float8 = uses_float8(cfg)
-    return [k for k, on in (("training.enable_cpu_offload", t.enable_cpu_offload),
-                            (f"training.mixed_precision_reduce = {t.mixed_precision_reduce!r}",
-                             t.mixed_precision_reduce != "float32"),
-                            ("quantize.linear.float8.enable_fsdp_float8_all_gather",
-                             float8 and f8.enable_fsdp_float8_all_gather),
-                            ("quantize.linear.float8.precompute_float8_dynamic_scale_for_fsdp",
-                             float8 and f8.precompute_float8_dynamic_scale_for_fsdp)) if on]
 
 
 def precision_plan(cfg: JobConfig, dims: ParallelDims, device_type: str) -> Precision:
@@ -305,37 +293,6 @@ def parallel_plan(cfg: JobConfig, dims: ParallelDims, device_type: str, precisio
         persistent_casts=cfg.optimizer.fused_casts and precision.mode == "cast")
 
 
-def _check_fsdp_options(cfg: JobConfig, parallel: ParallelPlan) -> None:
-    """Options that only FSDP carries out, refused when this layout has no FSDP."""
-    if parallel.dp == "fsdp":
-        return
-    asked = _fsdp_only(cfg)
-    reshard = cfg.parallelism.fsdp_reshard_after_forward
-    if reshard != "default" and parallel.cast_dtype is None:  # the one-GPU casts honour it too
-        asked.append(f"parallelism.fsdp_reshard_after_forward = {reshard!r}")
-    if cfg.parallelism.single_gpu_fsdp:
-        asked.append("parallelism.single_gpu_fsdp")
-    if asked:
-        raise ConfigError(f"{', '.join(asked)} needs FSDP, which this layout does not use (FSDP shards over "
-                          "parallelism.data_parallel_shard_degree x context_parallel_degree > 1, or holds the "
-                          "bf16 copy on one GPU); turn it off or shard the model")
-
-
-def _check_ring(cfg: JobConfig, dims: ParallelDims, device_type: str) -> None:
-    """Ring attention (torch's context_parallel) replaces scaled_dot_product_attention and nothing
-    else: combinations it would silently compute otherwise are refused."""
-    key = f"parallelism.context_parallel_degree = {dims.cp} with context_parallel_method = 'ring'"
-    if cfg.model.attn_backend != "sdpa":
-        raise ConfigError(f"{key} and model.attn_backend = {cfg.model.attn_backend!r}: torch's ring attention "
-                          "patches SDPA only, so this attention would attend within each rank's shard of the "
-                          "sequence. Use attn_backend = 'sdpa', or context_parallel_method = 'ulysses' (any kernel)")
-    if dims.pp > 1:
-        raise ConfigError(f"{key} and parallelism.pipeline_parallel_degree = {dims.pp}: not proven on GPUs yet, so "
-                          "refused; context_parallel_method = 'ulysses' combines with pipeline parallel (tested)")
-    if device_type != "cuda":
-        raise ConfigError(f"{key} needs GPUs (torch's ring attention does not run on CPU); 'ulysses' runs anywhere")
-
-
 def make_plan(cfg: JobConfig, *, world_size: int, device_type: str, vocab_size: int,
               eos_id: int | None = None) -> RunPlan:
     """The plan of `cfg` on `world_size` processes of `device_type`; ConfigError for anything the
@@ -343,12 +300,12 @@ def make_plan(cfg: JobConfig, *, world_size: int, device_type: str, vocab_size: 
     p = cfg.parallelism
     dims = dims_from_config(cfg, world_size)
     if dims.cp > 1 and p.context_parallel_method == "ring":
-        _check_ring(cfg, dims, device_type)
+        checks.check_ring(cfg, dims, device_type)
     batch = batch_plan(cfg, dims)
     precision = precision_plan(cfg, dims, device_type)
     parallel = parallel_plan(cfg, dims, device_type, precision)
-    _check_fsdp_options(cfg, parallel)
-    _check_fused_casts(cfg, precision, batch)
+    checks.check_fsdp_options(cfg, parallel)
+    checks.check_fused_casts(cfg, precision, batch)
     spec = titan_models.get_model_spec(cfg.model.name)
     if spec.task == "diffusion":  # images: joint image + text sequences, no vocabulary
         from titan_train.diffusion import rules
@@ -361,7 +318,7 @@ def make_plan(cfg: JobConfig, *, world_size: int, device_type: str, vocab_size: 
     context = None
     if dims.cp > 1:
         context = ContextPlan(p.context_parallel_method, p.context_parallel_rotate_method)
-        _validate_cp(cfg, dims, spec.shape(args))
+        checks.validate_cp(cfg, dims, spec.shape(args))
     pipeline = None
     if dims.pp > 1:
         if p.pipeline_parallel_layers_per_stage is not None and (
@@ -371,55 +328,6 @@ def make_plan(cfg: JobConfig, *, world_size: int, device_type: str, vocab_size: 
         pipeline = PipelinePlan(p.pipeline_parallel_schedule, p.pipeline_parallel_microbatch_size,
                                 p.module_fqns_per_model_part, list(p.pipeline_parallel_split_points),
                                 p.pipeline_parallel_layers_per_stage)
-    _check_chunked_loss(cfg, dims, spec)
+    checks.check_chunked_loss(cfg, dims, spec)
     return RunPlan(dims=dims, device_type=device_type, spec=spec, args=args, batch=batch, precision=precision,
                    parallel=parallel, float8=float8_options(cfg, spec), pipeline=pipeline, context=context)
-
-
-def _check_fused_casts(cfg: JobConfig, precision: Precision, batch: BatchPlan) -> None:
-    """optimizer.fused_casts changes how the one-GPU casts and AdamW work together: nothing else."""
-    if not cfg.optimizer.fused_casts:
-        return
-    key = "optimizer.fused_casts = true"
-    if precision.mode != "cast":
-        path = {"off": "trains in float32 (the CPU, or mixed_precision_param = 'float32')", "fsdp": "uses FSDP's casts",
-                "autocast": "uses DDP's autocast", "unsupported": "trains in float32 (TP / PP without FSDP)"}
-        raise ConfigError(f"{key} needs the one-GPU bf16 casts (one CUDA process, training.mixed_precision_param "
-                          f"= 'bfloat16', no FSDP or parallelism.single_gpu_fsdp); this run "
-                          f"{path.get(precision.mode, precision.mode)}: turn it off")
-    if cfg.optimizer.name != "AdamW":
-        raise ConfigError(f"{key} with optimizer.name = {cfg.optimizer.name!r}: it fuses AdamW only; use AdamW "
-                          "or turn it off")
-    if batch.accum_steps > 1:
-        raise ConfigError(f"{key} with {batch.accum_steps} micro-batches per step (training.global_batch_size): "
-                          "gradients would add up in bf16; use one micro-batch or turn it off")
-
-
-def _check_chunked_loss(cfg: JobConfig, dims: ParallelDims, spec) -> None:
-    """training.loss_chunk_size needs the plain next-token head in one piece."""
-    n = cfg.training.loss_chunk_size
-    if n == 0:
-        return
-    why = [w for w, on in (("must be > 0", n < 0),
-                           (f"is for language models ({cfg.model.name} is a {spec.task} model)", spec.task != "lm"),
-                           ("needs parallelism.tensor_parallel_degree = 1 (with TP the loss is vocab-parallel)",
-                            dims.tp > 1),
-                           ("needs parallelism.pipeline_parallel_degree = 1", dims.pp > 1),
-                           ("needs model.mtp_layers = 0 (the prediction modules share the head)",
-                            getattr(cfg.model, "mtp_layers", 0) > 0)) if on]
-    if why:
-        raise ConfigError(f"training.loss_chunk_size = {n} {why[0]}")
-
-
-def _validate_cp(cfg: JobConfig, dims: ParallelDims, shape) -> None:
-    from titan_parallel import ParallelConfigError
-    from titan_parallel import context as cp_lib
-
-    p = cfg.parallelism
-    try:
-        cp_lib.validate_cp(cp_degree=dims.cp, seq_len=cfg.training.seq_len, method=p.context_parallel_method,
-                           rotate=p.context_parallel_rotate_method, n_heads=shape.n_heads, tp_degree=dims.tp)
-    except ParallelConfigError as e:
-        raise ConfigError(f"parallelism.context_parallel_degree = {dims.cp} with context_parallel_method = "
-                          f"{p.context_parallel_method!r}, tensor_parallel_degree = {dims.tp} and training.seq_len = "
-                          f"{cfg.training.seq_len}: {e}") from None
