@@ -103,3 +103,59 @@ def test_collective_timeout_reaches_every_mesh_group(pool):
     for n_groups, timeouts, default, total in pool.run(_lower_timeouts):
         assert n_groups >= 3  # dp_replicate, dp_shard and the flattened dp views (shared groups once)
         assert timeouts == {42.0} and default == 42.0 and total == 4.0
+
+
+def test_a_port_taken_before_rank_0_binds_it_means_another_port(monkeypatch):
+    """The race two test runs on one machine lose now and then: the port picked as free is bound
+    by someone else first. The pool tries another one instead of waiting out its timeout."""
+    import socket
+
+    from titan_mesh import testing
+
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    ports = iter([taken])
+    real = testing._free_port
+    picked = []
+
+    def pick():
+        picked.append(next(ports, None) or real())
+        return picked[-1]
+
+    monkeypatch.setattr(testing, "_free_port", pick)
+    try:
+        with DistributedPool(world_size=2, timeout_s=60) as p:
+            assert p.run(dist.get_world_size) == [2, 2]
+    finally:
+        squatter.close()
+    assert picked[0] == taken and len(picked) == 2
+
+
+def test_a_rank_that_cannot_join_fails_at_once():
+    """Any other failure to form the group is reported with the rank's traceback, not a timeout."""
+    import time
+
+    t0 = time.monotonic()
+    with pytest.raises(RemoteError, match="(?s)could not form a process group.*rank 0"):
+        DistributedPool(world_size=1, backend="bogus", timeout_s=120).start()
+    assert time.monotonic() - t0 < 60
+
+
+def _dies_on_rank_one():
+    import os
+
+    if dist.get_rank() == 1:
+        os._exit(3)
+    dist.barrier()  # rank 0 would wait here for the collective's timeout
+
+
+def test_a_rank_that_dies_fails_the_call_at_once(pool):
+    import time
+
+    t0 = time.monotonic()
+    with pytest.raises(RemoteError, match=r"rank 1 exited \(code 3\)"):
+        pool.run(_dies_on_rank_one)
+    assert time.monotonic() - t0 < 60
+    assert pool.run(dist.get_world_size) == [4, 4, 4, 4]  # and the pool starts again

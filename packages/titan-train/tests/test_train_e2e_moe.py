@@ -76,6 +76,7 @@ def _compare(ref: list[dict], got: list[dict], name: str) -> None:
             assert b["mtp_loss"] == pytest.approx(a["mtp_loss"], rel=1e-4), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family, world", CASES, ids=[f"{f}-{w}ranks" for f, w in CASES])
 def test_expert_layouts_match_one_process(family, world, references, tmp_path):
     ref_sgd, ref_adam = references[family]

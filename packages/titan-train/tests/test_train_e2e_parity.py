@@ -68,6 +68,7 @@ def reference(tmp_path_factory, family):
 _compare = compare_records
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world, layouts", [(2, LAYOUTS_2), (4, LAYOUTS_4)], ids=["2ranks", "4ranks"])
 def test_layouts_match_one_process(world, layouts, family, reference, tmp_path):
     ref_sgd, ref_adam = reference

@@ -41,6 +41,7 @@ def references(tmp_path_factory):
                 pool.run(_run, str(tmp_path_factory.mktemp("adam")), [])[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world, layout", CASES, ids=[f"{n}" for _, n in CASES])
 def test_flux_layouts_match_one_process(world, layout, references, tmp_path):
     ref_sgd, ref_adam = references

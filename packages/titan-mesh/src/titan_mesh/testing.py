@@ -14,6 +14,7 @@ import os
 import pickle
 import queue
 import socket
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -39,10 +40,15 @@ def _worker(rank: int, world_size: int, port: int, backend: str, threads: int,
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size))
     torch.set_num_threads(threads)
-    if backend != "none":
-        if backend == "nccl":
-            torch.cuda.set_device(rank)
-        dist.init_process_group(backend, rank=rank, world_size=world_size)
+    try:
+        if backend != "none":
+            if backend == "nccl":
+                torch.cuda.set_device(rank)
+            dist.init_process_group(backend, rank=rank, world_size=world_size)
+    except BaseException as e:  # noqa: BLE001 - the parent decides: another port, or fail with this
+        results.put((rank, "init-failed", "".join(traceback.format_exception(e))))
+        return
+    results.put((rank, "ready", None))
     while True:
         task = tasks.get()
         if task is None:
@@ -79,10 +85,25 @@ class DistributedPool:
         self._procs: list[Any] = []
 
     def start(self) -> None:
+        """Spawn the ranks and wait until all of them joined the group. The free port is only free
+        when it was picked: a process elsewhere (another test run) may take it before rank 0 binds
+        it, so an address in use means a new port, up to three times."""
+        tries = 0
+        while True:
+            tries += 1
+            failure = self._spawn(_free_port())
+            if failure is None:
+                return
+            self.close(force=True)
+            taken = "EADDRINUSE" in failure or "address already in use" in failure
+            if not taken or tries == 3:
+                raise RemoteError(f"the pool's ranks could not form a process group ({tries} tries): {failure}")
+
+    def _spawn(self, port: int) -> str | None:
+        """Start the ranks on `port`; None once all are ready, else the first init failure's text."""
         ctx = mp.get_context("spawn")
         self._results = ctx.Queue()
         self._tasks = [ctx.Queue() for _ in range(self.world_size)]
-        port = _free_port()
         self._procs = [
             ctx.Process(target=_worker, daemon=True,
                         args=(r, self.world_size, port, self.backend, self.threads, self.env,
@@ -91,6 +112,18 @@ class DistributedPool:
         ]
         for p in self._procs:
             p.start()
+        ready: set[int] = set()
+        while len(ready) < self.world_size:
+            try:
+                rank, status, text = self._results.get(timeout=self.timeout_s)
+            except queue.Empty:
+                self.close(force=True)
+                raise TimeoutError(f"the pool's ranks did not form a process group within {self.timeout_s:.0f} s") \
+                    from None
+            if status != "ready":
+                return f"rank {rank}: {text}"
+            ready.add(rank)
+        return None
 
     def close(self, *, force: bool = False) -> None:
         if not self._procs:
@@ -118,12 +151,15 @@ class DistributedPool:
         while len(out) < self.world_size:
             wait = 10.0 if failure else self.timeout_s
             try:
-                rank, ok, value = self._results.get(timeout=wait)
+                rank, ok, value = self._next_result(wait, out)
             except queue.Empty:
                 self.close(force=True)
                 if failure:
                     break
                 raise TimeoutError(f"{fn.__name__} did not finish on all ranks within {wait:.0f} s") from None
+            except ChildProcessError as e:  # a rank died (killed, crashed): the others may wait forever
+                self.close(force=True)
+                raise RemoteError(f"{fn.__name__}: {e}") from None
             if ok:
                 out[rank] = value
             else:
@@ -136,6 +172,20 @@ class DistributedPool:
                 raise exc
             raise RemoteError(text)
         return [out[r] for r in range(self.world_size)]
+
+    def _next_result(self, wait: float, done: dict[int, Any]) -> tuple[int, bool, Any]:
+        """The next (rank, ok, value) within `wait` seconds (queue.Empty after), polling every few
+        seconds for a rank that exited without answering (ChildProcessError)."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return self._results.get(timeout=max(0.05, min(2.0, deadline - time.monotonic())))
+            except queue.Empty:
+                dead = [(r, p.exitcode) for r, p in enumerate(self._procs) if r not in done and not p.is_alive()]
+                if dead:
+                    raise ChildProcessError(f"rank {dead[0][0]} exited (code {dead[0][1]}) without a result") from None
+                if time.monotonic() >= deadline:
+                    raise
 
     def __enter__(self) -> DistributedPool:
         self.start()
