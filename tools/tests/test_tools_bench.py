@@ -26,3 +26,18 @@ def test_bench_runs_rows_and_writes_the_table(tmp_path):
     # same seed, data and global batch (8 = 2 ranks x 4): the same loss (FSDP on 2 ranks == 1 process)
     assert abs(res["debug"]["final_loss"] - res["debug_fsdp2"]["final_loss"]) < 1e-3
     assert "torch.distributed.run" in json.loads(out.with_suffix(".json").read_text())["commands"]["debug_fsdp2"]
+
+
+def test_optimizer_step_benchmark_runs_and_its_variants_agree(tmp_path):
+    """benchmarks/optimizer_step.py on CPU, eager: the three update paths end at the same weights
+    (MasterAdamW and the foreach experiment against torch's AdamW on float32 gradients)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("optimizer_step", ROOT / "benchmarks" / "optimizer_step.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = mod.run(mod._shapes("llama3", "debugmodel"), __import__("torch").device("cpu"), warmup=0, iters=1,
+                   compile=False)
+    assert [r["variant"] for r in rows] == ["casts", "master", "master_foreach"]
+    assert all(r["ms"] > 0 for r in rows)
+    assert rows[1]["max_weight_diff"] < 1e-6 and rows[2]["max_weight_diff"] < 1e-6, rows
