@@ -72,57 +72,47 @@ def _foreach_update(params, grads, ms, vs, copies, steps, lr, scale, beta1, beta
     torch._foreach_copy_(copies, params)
 
 
-def run(shapes: list[torch.Size], device: torch.device, warmup: int, iters: int, compile: bool) -> list[dict]:
-    n = sum(s.numel() for s in shapes)
+def _fresh(shapes, device):
+    """The same weights and bf16 gradients for every variant."""
     gen = torch.Generator(device=device).manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, device=device, generator=gen) * 0.02) for s in shapes]
+    grads = [torch.randn(s, device=device, generator=gen).to(torch.bfloat16) for s in shapes]
+    return params, grads
 
-    def fresh():
-        gen.manual_seed(0)  # every variant starts from the same weights and gradients
-        params = [torch.nn.Parameter(torch.randn(s, device=device, generator=gen) * 0.02) for s in shapes]
-        grads = [torch.randn(s, device=device, generator=gen).to(torch.bfloat16) for s in shapes]
-        return params, grads
 
-    rows = []
-    scale = torch.tensor(1.5, device=device)
-
-    # casts + torch's fused (or, on the CPU, foreach) AdamW
-    params, grads = fresh()
+def _casts(shapes, device, scale, compile):
+    """The one-GPU casts around torch's fused (on the CPU: foreach) AdamW."""
+    params, grads = _fresh(shapes, device)
     copies = [p.detach().to(torch.bfloat16) for p in params]
     fused = device.type == "cuda"
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
                             **({"fused": True} if fused else {"foreach": True}))
 
-    def casts():
+    def step():
         for p, g in zip(params, grads):
             p.grad = g.float() if fused else g.float() / scale  # the CPU's foreach kernel has no grad_scale
         if fused:
             opt.grad_scale = scale
         opt.step()
         torch._foreach_copy_(copies, params)
+    return params, step, 44
 
-    rows.append(("casts", *_time(casts, device, warmup, iters), 44))
-    want = [p.detach().clone() for p in params]
-    drift = {}
-    del opt, params, copies
 
-    # MasterAdamW: one compiled kernel per parameter
-    params, grads = fresh()
+def _master(shapes, device, scale, compile):
+    params, grads = _fresh(shapes, device)
     book = ComputeCopies(torch.bfloat16)
-    held = [book.fresh(p) for p in params]
-    for c, g in zip(held, grads):
-        c.grad = g
-    master = MasterAdamW(params, book, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, compile=compile)
+    for p, g in zip(params, grads):
+        book.fresh(p).grad = g
+    opt = MasterAdamW(params, book, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, compile=compile)
 
-    def step_master():
-        master.grad_scale = scale
-        master.step()
+    def step():
+        opt.grad_scale = scale
+        opt.step()
+    return params, step, 30
 
-    rows.append(("master", *_time(step_master, device, warmup, iters), 30))
-    drift["master"] = max((p - w).abs().max().item() for p, w in zip(params, want))
-    del master, params, held, book
 
-    # the same arithmetic as foreach ops, compiled as one graph
-    params, grads = fresh()
+def _master_foreach(shapes, device, scale, compile):
+    params, grads = _fresh(shapes, device)
     ms = [torch.zeros_like(p) for p in params]
     vs = [torch.zeros_like(p) for p in params]
     steps = [torch.zeros((), device=device) for _ in params]
@@ -130,14 +120,29 @@ def run(shapes: list[torch.Size], device: torch.device, warmup: int, iters: int,
     lr = torch.tensor(1e-4, device=device)
     fn = torch.compile(_foreach_update, fullgraph=True, dynamic=False) if compile else _foreach_update
 
-    def step_foreach():
+    def step():
         with torch.no_grad():
             fn([p.data for p in params], grads, ms, vs, copies, steps, lr, scale, 0.9, 0.95, 0.1, 1e-8)
+    return params, step, 30
 
-    rows.append(("master_foreach", *_time(step_foreach, device, warmup, iters), 30))
-    drift["master_foreach"] = max((p - w).abs().max().item() for p, w in zip(params, want))
-    return [{"variant": v, "first_s": f, "ms": 1e3 * t, "bytes_per_param": b, "gb_per_s": b * n / t / 1e9,
-             "max_weight_diff": drift.get(v, 0.0)} for v, f, t, b in rows]
+
+VARIANTS = {"casts": _casts, "master": _master, "master_foreach": _master_foreach}
+
+
+def run(shapes: list[torch.Size], device: torch.device, warmup: int, iters: int, compile: bool) -> list[dict]:
+    n = sum(s.numel() for s in shapes)
+    scale = torch.tensor(1.5, device=device)
+    rows, want = [], None
+    for name, make in VARIANTS.items():
+        params, step, bytes_per_param = make(shapes, device, scale, compile)
+        first, t = _time(step, device, warmup, iters)
+        final = [p.detach() for p in params]
+        want = want or final
+        diff = max((p - w).abs().max().item() for p, w in zip(final, want))
+        rows.append({"variant": name, "first_s": first, "ms": 1e3 * t, "bytes_per_param": bytes_per_param,
+                     "gb_per_s": bytes_per_param * n / t / 1e9, "max_weight_diff": diff})
+        del params, step, final  # one variant's states in memory at a time (the first's weights kept)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
