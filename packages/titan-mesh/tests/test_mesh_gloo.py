@@ -159,3 +159,28 @@ def test_a_rank_that_dies_fails_the_call_at_once(pool):
         pool.run(_dies_on_rank_one)
     assert time.monotonic() - t0 < 60
     assert pool.run(dist.get_world_size) == [4, 4, 4, 4]  # and the pool starts again
+
+
+def _fails_then_peer_dies():
+    import os
+    import time
+
+    if dist.get_rank() == 0:
+        raise ValueError("the real cause on rank 0")
+    time.sleep(1)
+    os._exit(3)
+
+
+def test_a_peer_dying_after_a_failure_keeps_the_failures_traceback(pool):
+    with pytest.raises(RemoteError, match="(?s)rank 0: .*the real cause on rank 0"):
+        pool.run(_fails_then_peer_dies)
+    assert pool.run(dist.get_world_size) == [4, 4, 4, 4]
+
+
+def test_a_rank_that_dies_before_joining_fails_at_once():
+    import time
+
+    t0 = time.monotonic()
+    with pytest.raises(RemoteError, match="exited"):
+        DistributedPool(world_size=2, timeout_s=120, threads_per_rank=0).start()  # set_num_threads(0) raises
+    assert time.monotonic() - t0 < 60

@@ -177,3 +177,45 @@ def test_readme_example_runs():
     readme = pathlib.Path(__file__).resolve().parents[1] / "README.md"
     block = [b for b in re.findall(r"```python\n(.*?)```", readme.read_text(), re.S) if "MasterAdamW(" in b][0]
     exec(compile(textwrap.dedent(block), str(readme), "exec"), {"__name__": "readme"})
+
+
+def test_copies_follow_storage_swaps_freezing_and_inference_mode():
+    """`p.data = ...` (to_empty, .to()) keeps the version counter but not the storage; a frozen
+    weight unfrozen later needs its copy to want a gradient again; copies first made under
+    inference_mode cannot train."""
+    model = apply_mixed_precision(reference_model(), persistent=True)
+    x, y = batch(0)
+    with torch.inference_mode():
+        model(x)
+    loss_fn(model(x), y).backward()  # would fail on inference-tensor copies
+    copies = compute_copies(model)
+    w = model.output.weight
+    w.data = torch.full_like(w, 0.25)
+    with torch.no_grad():
+        model(x)
+    assert torch.equal(copies.copy_of(w), torch.full_like(w, 0.25).to(torch.bfloat16))
+    w.requires_grad_(False)
+    with torch.no_grad():
+        model(x)
+    assert not copies.copy_of(w).requires_grad
+    w.requires_grad_(True)
+    opt = MasterAdamW(model.parameters(), model, **HP)
+    opt.zero_grad()
+    loss_fn(model(x), y).backward()
+    assert copies.copy_of(w).grad is not None and any(t is copies.copy_of(w) for t in opt.grad_holders())
+
+
+def test_grad_holders_include_parameters_without_copies():
+    """A parameter already in bf16 gets no copy: its own gradient is stepped, and counted in the norm."""
+    model = reference_model()
+    model.output.to(torch.bfloat16)
+    apply_mixed_precision(model, persistent=True)
+    opt = MasterAdamW(model.parameters(), model, **HP)
+    x, y = batch(0)
+    loss_fn(model(x), y).backward()
+    holders = opt.grad_holders()
+    assert any(t is model.output.weight for t in holders)
+    assert len(holders) == len(list(model.parameters()))
+    before = model.output.weight.detach().clone()
+    opt.step()
+    assert not torch.equal(before, model.output.weight)

@@ -112,17 +112,19 @@ class DistributedPool:
         ]
         for p in self._procs:
             p.start()
-        ready: set[int] = set()
+        ready: dict[int, Any] = {}
         while len(ready) < self.world_size:
             try:
-                rank, status, text = self._results.get(timeout=self.timeout_s)
+                rank, status, text = self._next_result(self.timeout_s, ready)
             except queue.Empty:
                 self.close(force=True)
                 raise TimeoutError(f"the pool's ranks did not form a process group within {self.timeout_s:.0f} s") \
                     from None
+            except ChildProcessError as e:  # died before joining (import, unpickling, killed)
+                return str(e)
             if status != "ready":
                 return f"rank {rank}: {text}"
-            ready.add(rank)
+            ready[rank] = None
         return None
 
     def close(self, *, force: bool = False) -> None:
@@ -159,6 +161,9 @@ class DistributedPool:
                 raise TimeoutError(f"{fn.__name__} did not finish on all ranks within {wait:.0f} s") from None
             except ChildProcessError as e:  # a rank died (killed, crashed): the others may wait forever
                 self.close(force=True)
+                if failure:  # an earlier error comes first (often the cause; peers then abort)
+                    failure = (failure[0], f"{failure[1]}\n(and {e})")
+                    break
                 raise RemoteError(f"{fn.__name__}: {e}") from None
             if ok:
                 out[rank] = value

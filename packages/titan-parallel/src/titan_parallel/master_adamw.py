@@ -22,7 +22,7 @@ def _update(params, grads, exp_avgs, exp_avg_sqs, copies, steps, lr, grad_scale,
             beta1: float, beta2: float, weight_decay: float, eps: float) -> None:
     # the arithmetic of torch's AdamW (decoupled weight decay, bias-corrected moments)
     for p, g, m, v, c, step in zip(params, grads, exp_avgs, exp_avg_sqs, copies, steps):
-        g = g.float() / grad_scale
+        g = g.to(m.dtype) / grad_scale  # float32 states; a parameter already in bf16 has bf16 ones
         step.add_(1)
         p.mul_(1 - lr * weight_decay)
         m.lerp_(g, 1 - beta1)
@@ -64,12 +64,16 @@ class MasterAdamW(torch.optim.AdamW):
         return self._compiled
 
     def grad_holders(self) -> list[torch.Tensor]:
+        """Every tensor whose `.grad` step() reads: the copies, and parameters without one (already
+        in the compute dtype, or used outside the hooked units) that hold a gradient themselves."""
         out = []
         for group in self.param_groups:
             for p in group["params"]:
                 c = self.copies.copy_of(p)
                 if c is not None and c.grad is not None:
                     out.append(c)
+                elif p.grad is not None:
+                    out.append(p)
         return out
 
     def zero_grad(self, set_to_none: bool = True) -> None:

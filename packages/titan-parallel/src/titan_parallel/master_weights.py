@@ -23,20 +23,29 @@ class ComputeCopies:
 
     def __init__(self, dtype: torch.dtype):
         self.dtype = dtype
-        # id(param) -> [param, copy, param._version when the copy was last written]
+        # id(param) -> [param, copy, (param._version, storage, dtype) when the copy was last written]
         self._entries: dict[int, list] = {}
+
+    @staticmethod
+    def _stamp(p: torch.Tensor) -> tuple:
+        # the version counter moves with in-place writes (loads, init); `p.data = ...` (to_empty,
+        # .to()) keeps it but changes the storage. Edits through `p.data.<op>_()` show in neither.
+        return p._version, p.untyped_storage().data_ptr(), p.dtype
 
     def fresh(self, p: torch.Tensor) -> torch.Tensor:
         """The copy to compute with: made on first use, cast again if `p` changed since."""
         entry = self._entries.get(id(p))
-        if entry is None or entry[0] is not p or entry[1].device != p.device:
+        if (entry is None or entry[0] is not p or entry[1].device != p.device
+                or (entry[1].is_inference() and not torch.is_inference_mode_enabled())):
             copy = p.detach().to(self.dtype).requires_grad_(p.requires_grad)
-            self._entries[id(p)] = [p, copy, p._version]
+            self._entries[id(p)] = [p, copy, self._stamp(p)]
             return copy
-        if entry[2] != p._version:  # written by someone else: a load, an init, a manual edit
+        if entry[2] != self._stamp(p):  # written by someone else: a load, an init, a manual edit
             with torch.no_grad():
                 entry[1].copy_(p)
-            entry[2] = p._version
+            entry[2] = self._stamp(p)
+        if entry[1].requires_grad != p.requires_grad:  # frozen or unfrozen since
+            entry[1].requires_grad_(p.requires_grad)
         return entry[1]
 
     def copy_of(self, p: torch.Tensor) -> torch.Tensor | None:
@@ -48,7 +57,7 @@ class ComputeCopies:
         for p in params:
             entry = self._entries.get(id(p))
             if entry is not None and entry[0] is p:
-                entry[2] = p._version
+                entry[2] = self._stamp(p)
 
     def forget(self, p: torch.Tensor) -> None:
         entry = self._entries.get(id(p))
