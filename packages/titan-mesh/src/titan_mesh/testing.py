@@ -16,7 +16,7 @@ import queue
 import socket
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from typing import Any
 
 import torch
@@ -112,7 +112,7 @@ class DistributedPool:
         ]
         for p in self._procs:
             p.start()
-        ready: dict[int, Any] = {}
+        ready: set[int] = set()
         while len(ready) < self.world_size:
             try:
                 rank, status, text = self._next_result(self.timeout_s, ready)
@@ -124,7 +124,7 @@ class DistributedPool:
                 return str(e)
             if status != "ready":
                 return f"rank {rank}: {text}"
-            ready[rank] = None
+            ready.add(rank)
         return None
 
     def close(self, *, force: bool = False) -> None:
@@ -178,7 +178,7 @@ class DistributedPool:
             raise RemoteError(text)
         return [out[r] for r in range(self.world_size)]
 
-    def _next_result(self, wait: float, done: dict[int, Any]) -> tuple[int, bool, Any]:
+    def _next_result(self, wait: float, done: Container[int]) -> tuple[int, Any, Any]:
         """The next (rank, ok, value) within `wait` seconds (queue.Empty after), polling every few
         seconds for a rank that exited without answering (ChildProcessError)."""
         deadline = time.monotonic() + wait

@@ -66,15 +66,17 @@ class MasterAdamW(torch.optim.AdamW):
     def grad_holders(self) -> list[torch.Tensor]:
         """Every tensor whose `.grad` step() reads: the copies, and parameters without one (already
         in the compute dtype, or used outside the hooked units) that hold a gradient themselves."""
-        out = []
-        for group in self.param_groups:
-            for p in group["params"]:
-                c = self.copies.copy_of(p)
-                if c is not None and c.grad is not None:
-                    out.append(c)
-                elif p.grad is not None:
-                    out.append(p)
-        return out
+        return [h for group in self.param_groups for p in group["params"] if (h := self._holder(p)) is not None]
+
+    def _holder(self, p: torch.Tensor) -> torch.Tensor | None:
+        """The tensor whose `.grad` is `p`'s gradient: its copy, or `p` itself; None without one."""
+        c = self.copies.copy_of(p)
+        if c is not None and c.grad is not None:
+            if p.grad is not None:
+                raise ParallelConfigError("a parameter under persistent casts has a float32 .grad as well as "
+                                          "its copy's: something bypassed the copies")
+            return c
+        return p if p.grad is not None else None
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none)
@@ -89,13 +91,10 @@ class MasterAdamW(torch.optim.AdamW):
             by_device: dict[torch.device, list] = {}
             eager = False
             for p in group["params"]:
-                c = self.copies.copy_of(p)
-                held = c is not None and c.grad is not None
-                if held and p.grad is not None:
-                    raise ParallelConfigError("a parameter under persistent casts has a float32 .grad as well as "
-                                              "its copy's: something bypassed the copies")
-                if not held and p.grad is None:
+                holder = self._holder(p)
+                if holder is None:
                     continue
+                c = self.copies.copy_of(p)
                 if c is None:  # a float32 gradient before the first forward (DCP initializing the state)
                     c, eager = p.detach().to(self.copies.dtype), True
                 state = self.state[p]
@@ -105,9 +104,8 @@ class MasterAdamW(torch.optim.AdamW):
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 elif state["step"].device != p.device:  # torch's non-fused AdamW keeps it on the CPU
                     state["step"] = state["step"].to(p.device)
-                grad = c.grad if held else p.grad
                 lists = by_device.setdefault(p.device, [[], [], [], [], [], []])
-                for i, t in enumerate((p, grad, state["exp_avg"], state["exp_avg_sq"], c, state["step"])):
+                for i, t in enumerate((p, holder.grad, state["exp_avg"], state["exp_avg_sq"], c, state["step"])):
                     lists[i].append(t)
             beta1, beta2 = group["betas"]
             for device, lists in by_device.items():

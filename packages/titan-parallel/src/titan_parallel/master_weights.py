@@ -9,7 +9,7 @@ the float32 weight and states. Single micro-batch numerics equal the per-forward
 gradient is what the cast's backward would have widened to float32 exactly.
 
 A copy is cast again whenever its parameter changed outside the optimizer (a checkpoint load,
-init_weights): the parameter's version counter tells.
+init_weights, `p.data = ...`): its version counter, storage or dtype tells.
 """
 
 from __future__ import annotations
@@ -40,10 +40,11 @@ class ComputeCopies:
             copy = p.detach().to(self.dtype).requires_grad_(p.requires_grad)
             self._entries[id(p)] = [p, copy, self._stamp(p)]
             return copy
-        if entry[2] != self._stamp(p):  # written by someone else: a load, an init, a manual edit
+        stamp = self._stamp(p)
+        if entry[2] != stamp:  # written by someone else: a load, an init, a manual edit
             with torch.no_grad():
                 entry[1].copy_(p)
-            entry[2] = self._stamp(p)
+            entry[2] = stamp
         if entry[1].requires_grad != p.requires_grad:  # frozen or unfrozen since
             entry[1].requires_grad_(p.requires_grad)
         return entry[1]
