@@ -6,10 +6,10 @@ each backend's output and gradients against a float32 reference.
 Inputs are laid out as the Llama model hands them to SDPA: [batch, seq, heads, head_dim]
 projections transposed to [batch, heads, seq, head_dim] (not contiguous), k and v repeated to the
 query heads, or grouped (`enable_gqa`). `flex` is compiled FlexAttention with a causal block
-mask, the model's `attention_backend = "flex"` path. `fa4` is SDPA's flash kernel after
-torch.nn.attention.activate_flash_attention_impl("FA4") (needs the flash-attn-4 package, see
-benchmarks/fa4_env.sh; list it after `flash`: from then on `flash` is FA4 too). On torch 2.11 with
-flash-attn-4 4.0.0b36 it fails: torch's wrapper unpacks two values from `_flash_attn_fwd`, which returns more. TFLOP/s counts the causal half of the score matrix (forward 2 matmuls, backward 5).
+mask, the model's `attention_backend = "flex"` path. `fa4` is SDPA's flash kernel run by FlashAttention-4 after
+`titan_models.activate_fa4()` (torch's FA4 registration pointed at Titan's shim of flash-attn-4's
+interface; needs the flash-attn-4 package, see benchmarks/fa4_env.sh; list it after `flash`: from
+then on `flash` is FA4 too). TFLOP/s counts the causal half of the score matrix (forward 2 matmuls, backward 5).
 """
 
 from __future__ import annotations
@@ -116,8 +116,10 @@ def main() -> None:
     for backend in args.backends.split(","):
         if backend == "fa4":
             try:
-                torch.nn.attention.activate_flash_attention_impl("FA4")
-            except (AttributeError, ImportError, RuntimeError, ValueError) as e:
+                from titan_models import activate_fa4
+
+                activate_fa4()
+            except Exception as e:  # noqa: BLE001 (report any failure to activate, then go on)
                 print(f"| fa4 | - | unsupported: {type(e).__name__}: {str(e).splitlines()[0][:80]} | | | | | |")
                 continue
         for gqa in ("repeat", "enable_gqa"):
@@ -136,7 +138,7 @@ def main() -> None:
                 e_out, e_grad = check(backend, gqa, args)
                 print(f"| {backend} | {gqa} | {f_ms:.2f} | {fb_ms:.2f} | {flops / f_ms / 1e9:.0f} | "
                       f"{3.5 * flops / fb_ms / 1e9:.0f} | {e_out:.1e} | {e_grad:.1e} |", flush=True)
-            except (RuntimeError, ValueError) as e:  # ValueError: torch 2.11's FA4 wrapper vs flash-attn-4 4.0.0b36
+            except (RuntimeError, ValueError) as e:
                 print(f"| {backend} | {gqa} | unsupported: {str(e).splitlines()[0][:80]} | | | | | |", flush=True)
             torch.cuda.empty_cache()
 

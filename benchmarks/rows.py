@@ -57,6 +57,8 @@ def _chunk(n: int) -> list[str]:
 KEEP = ["--parallelism.fsdp_reshard_after_forward", "never"]
 # one GPU: the bf16 copies kept between steps, AdamW reading bf16 gradients and writing the copies
 FUSED = ["--optimizer.fused_casts"]
+# FlashAttention-4 as SDPA's flash kernel (needs flash-attn-4: benchmarks/fa4_env.sh)
+FA4 = ["--model.sdpa_kernels", "fa4"]
 
 
 ROWS: dict[str, Row] = {
@@ -76,6 +78,11 @@ ROWS: dict[str, Row] = {
     "vocab128k_compile_chunkloss_fused_b3": Row([*ONE_B, *_b(3), "--compile.enable", "--model.vocab_size", "128256",
                                                  *_chunk(4096), *FUSED],
                                                 reference="47,624 tok/s, 50.9 GiB (H100)"),
+    "compile_b6_fa4": Row([*ONE_B, *_b(6), "--compile.enable", *FA4], reference="60,577 tok/s, 71.8 GiB (H100)"),
+    "compile_b6_fused_fa4": Row([*ONE_B, *_b(6), "--compile.enable", *FUSED, *FA4],
+                                reference="60,577 tok/s, 71.8 GiB (H100)"),
+    "compile_float8_b8_fused_fa4": Row([*ONE_B, *_b(8), "--compile.enable", *F8, *FUSED, *FA4],
+                                       reference="71,844 tok/s, 69.4 GiB (H100)"),
     "compile_b6_keep": Row([*ONE_B, *_b(6), "--compile.enable", *KEEP],
                            reference="60,577 tok/s, 71.8 GiB (H100)"),
     "compile_float8_b8": Row([*ONE_B, *_b(8), "--compile.enable", *F8], reference="71,844 tok/s, 69.4 GiB (H100)"),
@@ -99,6 +106,8 @@ ROWS: dict[str, Row] = {
                                                 reference="36,913 tok/s (52.6% MFU, tied output left out), 69.5 GiB (H200)"),
     "qwen3_1.7b_compile_fused_b2": Row([*ONE_B, *QWEN3_1_7B, *_b(2), "--compile.enable", *FUSED],
                                        reference="36,913 tok/s (52.6% MFU, tied output left out), 69.5 GiB (H200)"),
+    "qwen3_1.7b_compile_fused_fa4_b2": Row([*ONE_B, *QWEN3_1_7B, *_b(2), "--compile.enable", *FUSED, *FA4],
+                                           reference="36,913 tok/s (52.6% MFU, tied output left out), 69.5 GiB (H200)"),
     "qwen3_1.7b_eager_b2": Row([*ONE_B, *QWEN3_1_7B, *_b(2)], reference="no torchtitan figure"),
     # Qwen3-30B-A3B cut to 4 layers (128 experts, top 8, vocab 151936): issue 19's MoE row
     "qwen3_30b_a3b_4l_compile_b2": Row([*ONE_B, *QWEN3_MOE_4L, *_b(2), "--compile.enable"],

@@ -1,5 +1,6 @@
 """titan-models: model families (Llama 3, Qwen 3, DeepSeek V3, GPT-OSS, Llama 4, Flux) as plain nn.Modules, parallel plans as data, HF interop."""
 
+from titan_models.common.fa4 import activate_fa4, fa4_problem
 from titan_models.deepseek_v3 import DeepSeekV3Args, DeepSeekV3Model, DeepSeekV3StateDictAdapter
 from titan_models.errors import ModelConfigError
 from titan_models.flux import FluxArgs, FluxModel, FluxStateDictAdapter
@@ -37,7 +38,9 @@ __all__ = [
     "RunOptions",
     "Transformer",
     "TransformerBlock",
+    "activate_fa4",
     "args_from_hf_config",
+    "fa4_problem",
     "get_model_spec",
     "spec_for_hf_config",
 ]

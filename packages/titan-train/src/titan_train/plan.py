@@ -306,6 +306,7 @@ def make_plan(cfg: JobConfig, *, world_size: int, device_type: str, vocab_size: 
     parallel = parallel_plan(cfg, dims, device_type, precision)
     checks.check_fsdp_options(cfg, parallel)
     checks.check_fused_casts(cfg, precision, batch)
+    checks.check_fa4(cfg, dims, device_type)
     spec = titan_models.get_model_spec(cfg.model.name)
     if spec.task == "diffusion":  # images: joint image + text sequences, no vocabulary
         from titan_train.diffusion import rules

@@ -77,6 +77,28 @@ def check_fused_casts(cfg: JobConfig, precision: Precision, batch: BatchPlan) ->
                           "gradients would add up in bf16; use one micro-batch or turn it off")
 
 
+def check_fa4(cfg: JobConfig, dims: ParallelDims, device_type: str) -> None:
+    """model.sdpa_kernels 'fa4': refused, naming what is missing, where FlashAttention-4 cannot run
+    or has not been checked (context parallel calls the flash kernel per ring step)."""
+    if "fa4" not in cfg.model.sdpa_kernels:
+        return
+    key = f"model.sdpa_kernels = {list(cfg.model.sdpa_kernels)}"
+    why = [w for w, on in (
+        (f"with model.attn_backend = {cfg.model.attn_backend!r}: 'fa4' is an SDPA kernel; use attn_backend = "
+         "'sdpa' or drop 'fa4'", cfg.model.attn_backend != "sdpa"),
+        (f"with parallelism.context_parallel_degree = {dims.cp}: FlashAttention-4 under context parallel is not "
+         "tested yet, so refused; drop 'fa4' (cuDNN's kernel serves)", dims.cp > 1),
+        ("needs CUDA GPUs of compute capability 9.x or 10.x (FlashAttention-4); this run is on "
+         f"{device_type}: drop 'fa4'", device_type != "cuda")) if on]
+    if why:
+        raise ConfigError(f"{key} {why[0]}")
+    from titan_models import fa4_problem
+
+    problem = fa4_problem()
+    if problem is not None:
+        raise ConfigError(f"{key}: 'fa4' cannot run here: {problem}")
+
+
 def check_chunked_loss(cfg: JobConfig, dims: ParallelDims, spec) -> None:
     """training.loss_chunk_size needs the plain next-token head in one piece."""
     n = cfg.training.loss_chunk_size

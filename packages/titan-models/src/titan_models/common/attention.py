@@ -18,13 +18,15 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from titan_models.common.fa4 import require_fa4
 from titan_models.common.masks import causal_block_mask
 from titan_models.common.rope import apply_rope
 from titan_models.common.sinks import SinkCore
 from titan_models.errors import ModelConfigError, unknown_name
 from torch import nn
 
-SDPA_KERNELS = ("cudnn", "flash", "efficient", "math")
+# "fa4": SDPA's flash backend run by FlashAttention-4 (common.fa4; CUDA 9.x/10.x, flash-attn-4)
+SDPA_KERNELS = ("cudnn", "flash", "efficient", "math", "fa4")
 BACKENDS = ("sdpa", "flex")
 
 
@@ -33,7 +35,8 @@ def sdpa_backends(names: tuple[str, ...]) -> list:
     from torch.nn.attention import SDPBackend
 
     table = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
-             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH,
+             "fa4": SDPBackend.FLASH_ATTENTION}
     unknown = [n for n in names if n not in table]
     if unknown:
         raise unknown_name("SDPA kernel", unknown[0], table)
@@ -47,6 +50,9 @@ class SDPACore(nn.Module):
     its kernels for this call only (torch.nn.attention.sdpa_kernel with set_priority, which
     torch.compile traces); empty keeps torch's default order. Why it matters: on Hopper GPUs
     cuDNN's fused attention is faster than the flash kernel torch picks by default.
+    "fa4" is the flash backend with FlashAttention-4's kernels behind it (common.fa4): activated
+    for the process at the first eager call; a compiled model needs `activate_fa4()` before it is
+    traced (the trainer does this at setup).
     """
 
     def __init__(self, kernels: tuple[str, ...] = (), scale: float | None = None) -> None:
@@ -54,9 +60,12 @@ class SDPACore(nn.Module):
         self.kernels = tuple(kernels)
         self.scale = scale  # softmax scale; None: 1 / sqrt(q's head dim)
         self._backends = sdpa_backends(self.kernels) if self.kernels else None
+        self._fa4 = "fa4" in self.kernels
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self._fa4:
+            require_fa4(q.device)
         if self._backends is None:
             return self._attend(q, k, v, mask, self.scale)
         from torch.nn.attention import sdpa_kernel

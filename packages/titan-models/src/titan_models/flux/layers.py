@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from titan_models.common.attention import sdpa_backends
+from titan_models.common.fa4 import require_fa4
 
 NORM_EPS = 1e-6  # LayerNorm and q/k RMSNorm eps of BFL's and diffusers' Flux
 
@@ -82,8 +83,11 @@ class JointCore(nn.Module):
         super().__init__()
         self.kernels = tuple(kernels)
         self._backends = sdpa_backends(self.kernels) if self.kernels else None
+        self._fa4 = "fa4" in self.kernels
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self._fa4:
+            require_fa4(q.device)
         if self._backends is None:
             return F.scaled_dot_product_attention(q, k, v)
         from torch.nn.attention import sdpa_kernel

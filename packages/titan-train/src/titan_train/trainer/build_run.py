@@ -132,6 +132,8 @@ def build_run(cfg: JobConfig, resume: checkpointing.Resume | None = None) -> Run
 
     with torch.device("meta"):
         model = plan.spec.build(plan.args)
+    if "fa4" in cfg.model.sdpa_kernels:  # before anything compiles: kernel registration is not traceable
+        titan_models.activate_fa4(device)
     apply_converters(model, plan)
     if cfg.model.print_after_conversion and layout.info.rank == 0:
         print(model, flush=True)

@@ -116,6 +116,13 @@ class _Pending:
         return loss, grad_norm
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type != "cpu" and hasattr(torch, "accelerator"):
+        torch.accelerator.synchronize(device)
+
+
 def train(run: Run) -> int:
     """Train from run.state.step to the configured end; returns the last completed step.
 
@@ -132,6 +139,8 @@ def train(run: Run) -> int:
     end = last_step(cfg)
     data = iter(run.loader)
     window_start, window_steps, window_tokens, window_data_s = time.perf_counter(), 0, 0, 0.0
+    # whether this log window waited on a step's numbers (see below); the first cannot have
+    window_synced = False
     pending: _Pending | None = None
     first_step = state.step + 1  # of this run (a resumed run's first step too)
     lowered = False
@@ -166,6 +175,7 @@ def train(run: Run) -> int:
                 if pending is not None:  # the previous step, now that this one is queued
                     emit(pending)
                     pending = None
+                    window_synced = True
                 is_log = state.step == 1 or state.step % cfg.metrics.log_freq == 0 or state.step == end
                 # the run's last step (training.steps or stop_at_step) is always saved in full, once
                 will_save = run.ckpt is not None and (run.ckpt.should_save(state.step) or state.step == end or (
@@ -174,6 +184,11 @@ def train(run: Run) -> int:
                 stopping = stop.poll()
                 record = None
                 if is_log:
+                    if not window_synced:
+                        # Nothing in this window waited for the GPU (step 1, or the step after one whose
+                        # numbers were read at once): without a wait its time would be the CPU's queueing
+                        # time alone (tens of times the real speed at step 2).
+                        _synchronize(run.device)
                     elapsed = time.perf_counter() - window_start
                     record = run.metric_record(state.step, float("nan"), float("nan"), result.lr,
                                                window_tokens, elapsed, window_data_s)
@@ -181,6 +196,7 @@ def train(run: Run) -> int:
                     state.elapsed_s += elapsed
                     step_time = elapsed / window_steps
                     window_start, window_steps, window_tokens, window_data_s = time.perf_counter(), 0, 0, 0.0
+                    window_synced = False
                     reset_peak_memory(run.device)
                 pending = _Pending(state.step, run.global_loss(result.loss), result.grad_norm, result.lr,
                                    record, step_time if is_log else float("nan"))

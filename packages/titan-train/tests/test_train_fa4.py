@@ -1,0 +1,37 @@
+"""model.sdpa_kernels 'fa4' (FlashAttention-4): refused by key, before any work, wherever it cannot
+run here (the kernel's own numerics: titan-models' GPU tests)."""
+
+import pytest
+from titan_train.config import build_config
+from titan_train.errors import ConfigError
+from titan_train.plan import make_plan
+
+
+def _plan(*args, device="cuda", world=1):
+    return make_plan(build_config(["--model.sdpa_kernels", "fa4", *args]), world_size=world, device_type=device,
+                     vocab_size=2048)
+
+
+@pytest.mark.parametrize("args, kw, match", [
+    ((), dict(device="cpu"), "needs CUDA GPUs of compute capability 9.x or 10.x (FlashAttention-4); this run is on cpu"),
+    (("--model.attn_backend", "flex"), {}, "with model.attn_backend = 'flex'"),
+    (("--parallelism.context_parallel_degree", "2", "--parallelism.context_parallel_method", "ulysses"),
+     dict(world=2), "context_parallel_degree = 2"),
+])
+def test_fa4_is_refused_by_key(args, kw, match):
+    with pytest.raises(ConfigError, match=r"model.sdpa_kernels = \['fa4'\]") as e:
+        _plan(*args, **kw)
+    assert match in str(e.value), str(e.value)
+
+
+def test_fa4_on_a_machine_without_it_names_what_is_missing():
+    """On a 'cuda' plan where no usable GPU or flash-attn-4 is present (this CPU machine), the
+    reason comes from titan_models.fa4_problem."""
+    import titan_models
+
+    problem = titan_models.fa4_problem()
+    if problem is None:
+        pytest.skip("FlashAttention-4 can run here")
+    with pytest.raises(ConfigError, match="'fa4' cannot run here") as e:
+        _plan()
+    assert problem in str(e.value)
