@@ -59,6 +59,8 @@ KEEP = ["--parallelism.fsdp_reshard_after_forward", "never"]
 FUSED = ["--optimizer.fused_casts"]
 # FlashAttention-4 as SDPA's flash kernel (needs flash-attn-4: benchmarks/fa4_env.sh)
 FA4 = ["--model.sdpa_kernels", "fa4"]
+# Inductor times Triton GEMM templates against cuBLAS (long first compile: give the row time)
+AUTOTUNE = ["--compile.mode", "max-autotune-no-cudagraphs"]
 
 
 ROWS: dict[str, Row] = {
@@ -83,6 +85,15 @@ ROWS: dict[str, Row] = {
                                 reference="60,577 tok/s, 71.8 GiB (H100)"),
     "compile_float8_b8_fused_fa4": Row([*ONE_B, *_b(8), "--compile.enable", *F8, *FUSED, *FA4],
                                        reference="71,844 tok/s, 69.4 GiB (H100)"),
+    "compile_b6_fused_fa4_autotune": Row([*ONE_B, *_b(6), "--compile.enable", *FUSED, *FA4, *AUTOTUNE],
+                                         reference="60,577 tok/s, 71.8 GiB (H100)"),
+    "eager_b5_fa4": Row([*ONE_B, *_b(5), *FA4], reference="56,584 tok/s, 73.2 GiB (H100)"),
+    "compile_sac_b6_fused_fa4": Row([*ONE_B, *_b(6), "--compile.enable", "--activation_checkpoint.mode", "selective",
+                                     "--activation_checkpoint.selective_ac_option", "op", *FUSED, *FA4],
+                                    reference="55,968 tok/s, 41.3 GiB (H100)"),
+    "vocab128k_compile_chunkloss2k_fused_fa4_b3": Row([*ONE_B, *_b(3), "--compile.enable", "--model.vocab_size",
+                                                       "128256", *_chunk(2048), *FUSED, *FA4],
+                                                      reference="47,624 tok/s, 50.9 GiB (H100)"),
     "compile_b6_keep": Row([*ONE_B, *_b(6), "--compile.enable", *KEEP],
                            reference="60,577 tok/s, 71.8 GiB (H100)"),
     "compile_float8_b8": Row([*ONE_B, *_b(8), "--compile.enable", *F8], reference="71,844 tok/s, 69.4 GiB (H100)"),
@@ -108,6 +119,9 @@ ROWS: dict[str, Row] = {
                                        reference="36,913 tok/s (52.6% MFU, tied output left out), 69.5 GiB (H200)"),
     "qwen3_1.7b_compile_fused_fa4_b2": Row([*ONE_B, *QWEN3_1_7B, *_b(2), "--compile.enable", *FUSED, *FA4],
                                            reference="36,913 tok/s (52.6% MFU, tied output left out), 69.5 GiB (H200)"),
+    "qwen3_1.7b_compile_fused_fa4_autotune_b2": Row(
+        [*ONE_B, *QWEN3_1_7B, *_b(2), "--compile.enable", *FUSED, *FA4, *AUTOTUNE],
+        reference="36,913 tok/s (52.6% MFU, tied output left out), 69.5 GiB (H200)"),
     "qwen3_1.7b_eager_b2": Row([*ONE_B, *QWEN3_1_7B, *_b(2)], reference="no torchtitan figure"),
     # Qwen3-30B-A3B cut to 4 layers (128 experts, top 8, vocab 151936): issue 19's MoE row
     "qwen3_30b_a3b_4l_compile_b2": Row([*ONE_B, *QWEN3_MOE_4L, *_b(2), "--compile.enable"],
@@ -180,6 +194,7 @@ ROWS: dict[str, Row] = {
     "8b_pp2_interleaved_b4": Row([*EIGHT_B, *_b(4), *_deg("pipeline_parallel_degree", 2),
                                   "--parallelism.pipeline_parallel_schedule", "Interleaved1F1B"], 2),
     "8b_1gpu_sac_b1_fused": Row([*EIGHT_B, *_b(1), *FUSED], 1, "one GPU: 7,531 tok/s, 138.5 GiB (H200)"),
+    "8b_1gpu_sac_b1_fused_fa4": Row([*EIGHT_B, *_b(1), *FUSED, *FA4], 1, "one GPU: 7,531 tok/s, 138.5 GiB (H200)"),
     "8b_1gpu_sac_b1": Row([*EIGHT_B, *_b(1)], 1, "one GPU, for scaling (estimated 138 GiB: batch 2 does not fit)"),
     # ---- 8 GPUs (torchtitan's published 8x H100 table: local batch 2, selective AC) ----
     "8b_fsdp8_sac_eager_b2": Row([*EIGHT_B, *_b(2), *NO_COMPILE], 8, "5,762 tok/s/GPU (8x H100)"),

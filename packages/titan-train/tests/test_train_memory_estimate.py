@@ -151,3 +151,20 @@ HELD_OUT_FUSED_CASTS_H200 = [
 @pytest.mark.parametrize("argv,allocated", HELD_OUT_FUSED_CASTS_H200)
 def test_fused_casts_estimate_against_held_out_measurements(argv, allocated):
     assert estimate(build_config(argv), 1).peak_allocated == pytest.approx(allocated, rel=0.03)
+
+
+# model.sdpa_kernels 'fa4' (FlashAttention-4), held out: one H200, 2026-12-04
+# (benchmarks/results/2026-12-04-h200-fa4.md; peak active GiB). FA4 saves what cuDNN's kernel saves
+# (out and the log-sum-exp), so the estimate has no term of its own; planned here on a CPU machine.
+FA4 = ["--model.sdpa_kernels", "fa4"]
+HELD_OUT_FA4_H200 = [
+    (ONE_B_B6 + FA4, 67.7),
+    (QWEN3_1_7B + FUSED + FA4, 62.6),
+    (["--config", "bench_1b", "--training.local_batch_size", "8", "--compile.enable", "--model.converters",
+      "quantize.linear.float8", "--quantize.linear.float8.filter_fqns", "output", *FUSED, *FA4], 66.9),
+]
+
+
+@pytest.mark.parametrize("argv,allocated", HELD_OUT_FA4_H200)
+def test_fa4_estimate_against_held_out_measurements(argv, allocated):
+    assert estimate(build_config(argv), 1).peak_allocated == pytest.approx(allocated, rel=0.03)

@@ -183,3 +183,22 @@ def test_mfu_is_against_the_bf16_peak_with_the_fp8_one_beside_it_for_float8():
     console = SimpleNamespace(s=SimpleNamespace(color=False))
     assert "mfu 50.0% (of fp8 peak 25.0%)" in MetricsLogger._console_line(console, fp8, 10, 0.1)
     assert "fp8" not in MetricsLogger._console_line(console, bf16, 10, 0.1)
+
+
+def test_compile_mode_reaches_every_block_and_the_loss(monkeypatch, tmp_path):
+    import torch
+
+    seen = []
+    real = torch.compile
+
+    def recording(fn=None, **kwargs):
+        seen.append(kwargs.get("mode"))
+        return real(fn, **{k: v for k, v in kwargs.items() if k != "mode"})  # the eager backend takes no mode
+
+    monkeypatch.setattr(torch, "compile", recording)
+    code = main(["--training.steps", "1", "--training.seq_len", "32", "--metrics.enable_tensorboard", "false",
+                 "--compile.enable", "--compile.backend", "eager", "--compile.mode", "max-autotune-no-cudagraphs",
+                 "--job.dump_folder", str(tmp_path)])
+    assert code == 0
+    # llama3_debug: 6 blocks and the loss
+    assert seen.count("max-autotune-no-cudagraphs") == 7, seen

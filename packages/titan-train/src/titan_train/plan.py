@@ -285,12 +285,18 @@ def parallel_plan(cfg: JobConfig, dims: ParallelDims, device_type: str, precisio
         tp=dims.tp > 1, loss_parallel=dims.tp > 1 and not p.disable_loss_parallel and dims.pp == 1,
         async_tp=p.enable_async_tensor_parallel and dims.tp > 1,
         ulysses=dims.cp > 1 and p.context_parallel_method == "ulysses", ac=_ac(cfg),
-        compile=CompileOptions(backend=c.backend) if c.enable and "model" in c.components else None,
+        compile=CompileOptions(backend=c.backend, kwargs=compile_kwargs(cfg)) if c.enable and "model" in c.components
+        else None,
         dp="fsdp" if fsdp else ("ddp" if dims.dp_replicate > 1 else None),
         fsdp=FSDPOptions(param_dtype=precision.param_dtype, reduce_dtype=precision.reduce_dtype,
                          reshard_after_forward=reshard, cpu_offload=cfg.training.enable_cpu_offload),
         cast_dtype=precision.param_dtype if precision.mode == "cast" else None,
         persistent_casts=cfg.optimizer.fused_casts and precision.mode == "cast")
+
+
+def compile_kwargs(cfg: JobConfig) -> dict:
+    """torch.compile's keyword arguments besides the backend (compile.mode), for blocks and loss."""
+    return {} if cfg.compile.mode == "default" else {"mode": cfg.compile.mode}
 
 
 def make_plan(cfg: JobConfig, *, world_size: int, device_type: str, vocab_size: int,

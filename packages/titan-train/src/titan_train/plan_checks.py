@@ -86,17 +86,26 @@ def check_fa4(cfg: JobConfig, dims: ParallelDims, device_type: str) -> None:
     why = [w for w, on in (
         (f"with model.attn_backend = {cfg.model.attn_backend!r}: 'fa4' is an SDPA kernel; use attn_backend = "
          "'sdpa' or drop 'fa4'", cfg.model.attn_backend != "sdpa"),
+        ("with model.attn_mask = 'block_causal': SDPA takes a dense mask there, which the flash kernel does not; "
+         "use attn_mask = 'causal' or drop 'fa4'", cfg.model.attn_mask == "block_causal"),
         (f"with parallelism.context_parallel_degree = {dims.cp}: FlashAttention-4 under context parallel is not "
          "tested yet, so refused; drop 'fa4' (cuDNN's kernel serves)", dims.cp > 1),
         ("needs CUDA GPUs of compute capability 9.x or 10.x (FlashAttention-4); this run is on "
          f"{device_type}: drop 'fa4'", device_type != "cuda")) if on]
     if why:
         raise ConfigError(f"{key} {why[0]}")
+
+
+def check_fa4_here(cfg: JobConfig) -> None:
+    """model.sdpa_kernels 'fa4' on this machine: the GPU and the flash-attn-4 package (a check of the
+    machine, not of the layout: the memory estimator plans GPU runs anywhere, so make_plan skips it)."""
+    if "fa4" not in cfg.model.sdpa_kernels:
+        return
     from titan_models import fa4_problem
 
     problem = fa4_problem()
     if problem is not None:
-        raise ConfigError(f"{key}: 'fa4' cannot run here: {problem}")
+        raise ConfigError(f"model.sdpa_kernels = {list(cfg.model.sdpa_kernels)}: 'fa4' cannot run here: {problem}")
 
 
 def check_chunked_loss(cfg: JobConfig, dims: ParallelDims, spec) -> None:

@@ -14,27 +14,37 @@ FA4. Why: on Hopper at head_dim 64 cuDNN's kernel runs ~370-390 TF/s; FA4's is m
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
+import warnings
 from typing import Any
 
 import torch
 from titan_models.errors import ModelConfigError
 
 FA4_MODULE = "flash_attn.cute.interface"
-_IMPL_NAME = "titan-fa4"
-_state: dict[str, Any] = {"active": False}
+IMPL_NAME = "titan-fa4"  # the name in torch's flash-attention registry
+# set by activate_fa4: what compiled code checks (a traceable read; the registry call is not)
+_activated = {"ever": False}
 
 
 def _real():
     return importlib.import_module(FA4_MODULE)
 
 
+@functools.cache
+def _accepted(fn) -> frozenset[str] | None:
+    """The keyword names fn takes (None: any, it has **kwargs)."""
+    params = inspect.signature(fn).parameters
+    return None if any(p.kind is p.VAR_KEYWORD for p in params.values()) else frozenset(params)
+
+
 def _call(fn, args, kwargs):
     """fn(*args, **kwargs) without the keyword arguments fn does not take, when they carry no
     information (None, or num_splits 1); any other unknown one is an error, not dropped."""
-    params = inspect.signature(fn).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+    params = _accepted(fn)
+    if params is not None:
         extra = {k: v for k, v in kwargs.items() if k not in params}
         meaningful = {k: v for k, v in extra.items() if v is not None and not (k == "num_splits" and v == 1)}
         if meaningful:
@@ -74,35 +84,48 @@ def fa4_problem(device: torch.device | str | None = None) -> str | None:
     return None
 
 
+def _register() -> Any:
+    from torch.nn.attention import _fa4
+
+    return _fa4.register_flash_attention_fa4(module_path=__name__)
+
+
 def activate_fa4(device: torch.device | str | None = None) -> None:
-    """Route SDPA's flash backend to FA4 for this process (idempotent). Raises ModelConfigError
-    naming what is missing where FA4 cannot run."""
-    if _state["active"]:
+    """Route SDPA's flash backend to FA4 for this process (idempotent: nothing happens while it is
+    the active implementation). Raises ModelConfigError naming what is missing where FA4 cannot
+    run; warns when it replaces another implementation someone activated."""
+    if fa4_active():
         return
     problem = fa4_problem(device)
     if problem is not None:
         raise ModelConfigError(f"sdpa kernel 'fa4': {problem}")
     from torch.nn import attention
-    from torch.nn.attention import _fa4
 
-    def register():
-        return _fa4.register_flash_attention_fa4(module_path=__name__)
-
-    attention.register_flash_attention_impl(_IMPL_NAME, register_fn=register)
-    attention.activate_flash_attention_impl(_IMPL_NAME)
-    _state["active"] = True
+    other = attention.current_flash_attention_impl()
+    if other is not None:
+        warnings.warn(f"sdpa kernel 'fa4' replaces the flash-attention implementation {other!r} "
+                      "activated before it (torch's registry holds one per process)", stacklevel=2)
+    attention.register_flash_attention_impl(IMPL_NAME, register_fn=_register)
+    attention.activate_flash_attention_impl(IMPL_NAME)
+    _activated["ever"] = True
 
 
 def fa4_active() -> bool:
-    return _state["active"]
+    """Whether torch's flash backend runs FA4 through this module now (torch's registry says so,
+    so a later restore_flash_attention_impl() or another activation shows here)."""
+    attention = importlib.import_module("torch.nn.attention")
+    current = getattr(attention, "current_flash_attention_impl", None)
+    return current is not None and current() == IMPL_NAME
 
 
 def require_fa4(device: torch.device) -> None:
-    """For attention cores with the "fa4" kernel: activate FA4 at the first eager call; under
-    torch.compile it must be active already (registering kernels is not traceable)."""
-    if _state["active"]:
-        return
+    """For attention cores with the "fa4" kernel: activate FA4 at the first eager call. Under
+    torch.compile it must have been activated before the trace (registering kernels is not
+    traceable): checked when the graph is traced, not on every call."""
     if torch.compiler.is_compiling():
-        raise ModelConfigError("sdpa kernel 'fa4': call titan_models.activate_fa4() before torch.compile "
-                               "traces the model")
-    activate_fa4(device)
+        if not _activated["ever"]:
+            raise ModelConfigError("sdpa kernel 'fa4': call titan_models.activate_fa4() before torch.compile "
+                                   "traces the model (or run it eagerly once)")
+        return
+    if not fa4_active():
+        activate_fa4(device)

@@ -34,8 +34,8 @@ class Model:
     attn_backend: str = opt("sdpa", "attention kernel", choices=("sdpa", "flex"))
     sdpa_kernels: list[str] = opt(
         [], "attn_backend='sdpa': kernels in priority order, from cudnn, flash, efficient, math, fa4 "
-            "(FlashAttention-4 as the flash kernel: Hopper/Blackwell GPUs, pip install --pre flash-attn-4); "
-            "[] = torch's order")
+            "(FlashAttention-4 as the flash kernel: Hopper/Blackwell GPUs, pip install --pre flash-attn-4; "
+            "GPT-OSS's sink/window and Llama 4's chunked layers keep their own); [] = torch's order")
     attn_mask: str = opt("causal", "causal, or block_causal: no attention across documents (EOS-separated)",
                          choices=("causal", "block_causal"))
     print_after_conversion: bool = opt(False, "print the model after float8 conversion")

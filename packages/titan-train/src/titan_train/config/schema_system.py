@@ -58,6 +58,9 @@ class Compile:
     enable: bool = opt(False, "torch.compile each transformer block (and the loss)")
     components: list[str] = opt(["model", "loss"], "what to compile: model, loss")
     backend: str = opt("inductor", "torch.compile backend")
+    mode: str = opt("default", "torch.compile mode of the blocks and the loss; max-autotune-no-cudagraphs lets "
+                               "Inductor time Triton GEMM templates against cuBLAS (minutes more compile; "
+                               "measure before keeping it)", choices=("default", "max-autotune-no-cudagraphs"))
 
 
 @dataclass

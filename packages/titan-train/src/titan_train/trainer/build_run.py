@@ -14,7 +14,8 @@ from titan_mesh import set_collective_timeout
 
 from titan_train.config import JobConfig
 from titan_train.errors import ConfigError
-from titan_train.plan import RunPlan, make_plan
+from titan_train.plan import RunPlan, compile_kwargs, make_plan
+from titan_train.plan_checks import check_fa4_here
 from titan_train.trainer import checkpointing, pipeline
 from titan_train.trainer.build_model import apply_converters, parallelize_part
 from titan_train.trainer.hardware import device_peak
@@ -103,6 +104,7 @@ def build_run(cfg: JobConfig, resume: checkpointing.Resume | None = None) -> Run
     plan = make_plan(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")), device_type=device_type,
                      vocab_size=tokenizer.vocab_size if tokenizer else 0,
                      eos_id=tokenizer.eos_id if tokenizer else None)  # every layout rule, checked
+    check_fa4_here(cfg)                                       # and what the layout needs of this machine
     if cfg.memory_estimation.enable:                          # a layout that cannot fit stops here
         from titan_train.memory import precheck
 
@@ -147,7 +149,7 @@ def build_run(cfg: JobConfig, resume: checkpointing.Resume | None = None) -> Run
     optimizers, schedulers, schedule = _optimizers(cfg, parts)
     loss_fn = cross_entropy_loss
     if cfg.compile.enable and "loss" in cfg.compile.components:
-        loss_fn = torch.compile(cross_entropy_loss, backend=cfg.compile.backend)
+        loss_fn = torch.compile(cross_entropy_loss, backend=cfg.compile.backend, **compile_kwargs(cfg))
     pp_mesh = mesh_of(dims, "pp")
     loss_mesh = mesh_of(dims, "dp_cp")
     train_context = _train_context(plan, layout, parts)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import math
 import signal
-import time
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +13,7 @@ import torch.distributed as dist
 from titan_train.trainer.checkpointing import last_step
 from titan_train.trainer.hardware import memory_stats, reset_peak_memory
 from titan_train.trainer.run import Run
+from titan_train.trainer.step_clock import StepClock
 
 
 class TrainingDiverged(RuntimeError):
@@ -100,6 +100,19 @@ def _finite_or_raise(run: Run, loss: float, grad_norm: float, step: int) -> None
 
 
 @dataclass
+class _Window:
+    """A logged step's share of the log: the steps since the last logged one, between two clock marks."""
+
+    start: object            # StepClock marks
+    end: object
+    steps: int
+    tokens: int
+    data_s: float
+    memory: dict
+    extra: dict
+
+
+@dataclass
 class _Pending:
     """A finished step whose numbers are still on the GPU: read one step later (see train())."""
 
@@ -107,20 +120,12 @@ class _Pending:
     loss: torch.Tensor
     grad_norm: torch.Tensor
     lr: float
-    record: dict | None      # host-side metrics for a logged step (timing, memory), else None
-    step_time_s: float = float("nan")
+    window: _Window | None   # a logged step's timing and memory, else None
 
     def read(self, run: Run) -> tuple[float, float]:
         loss, grad_norm = float(self.loss), float(self.grad_norm)  # the GPU sync
         _finite_or_raise(run, loss, grad_norm, self.step)
         return loss, grad_norm
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type != "cpu" and hasattr(torch, "accelerator"):
-        torch.accelerator.synchronize(device)
 
 
 def train(run: Run) -> int:
@@ -138,9 +143,8 @@ def train(run: Run) -> int:
     gc.collect(1)
     end = last_step(cfg)
     data = iter(run.loader)
-    window_start, window_steps, window_tokens, window_data_s = time.perf_counter(), 0, 0, 0.0
-    # whether this log window waited on a step's numbers (see below); the first cannot have
-    window_synced = False
+    clock = StepClock(run.device)
+    window_start, window_steps, window_tokens, window_data_s = clock.mark(), 0, 0, 0.0
     pending: _Pending | None = None
     first_step = state.step + 1  # of this run (a resumed run's first step too)
     lowered = False
@@ -154,9 +158,14 @@ def train(run: Run) -> int:
 
     def emit(p: _Pending) -> None:
         loss, grad_norm = p.read(run)
-        if p.record is not None:
-            p.record.update(loss=loss, grad_norm=grad_norm)
-            log.log(p.record, steps_total=end, step_time_s=p.step_time_s)
+        w = p.window
+        if w is not None:  # timed now: the device has run the step (its numbers were just read)
+            elapsed = clock.seconds(w.start, w.end)
+            state.elapsed_s += elapsed
+            record = run.metric_record(p.step, loss, grad_norm, p.lr, w.tokens, elapsed, w.data_s)
+            record.update(w.memory)
+            record.update(w.extra)
+            log.log(record, steps_total=end, step_time_s=elapsed / w.steps)
 
     reset_peak_memory(run.device)
     try:
@@ -175,35 +184,24 @@ def train(run: Run) -> int:
                 if pending is not None:  # the previous step, now that this one is queued
                     emit(pending)
                     pending = None
-                    window_synced = True
                 is_log = state.step == 1 or state.step % cfg.metrics.log_freq == 0 or state.step == end
                 # the run's last step (training.steps or stop_at_step) is always saved in full, once
                 will_save = run.ckpt is not None and (run.ckpt.should_save(state.step) or state.step == end or (
                     state.step == 1 and cfg.checkpoint.enable_first_step_checkpoint))
                 validate = run.validate_now(state.step)
                 stopping = stop.poll()
-                record = None
+                window = None
                 if is_log:
-                    if not window_synced:
-                        # Nothing in this window waited for the GPU (step 1, or the step after one whose
-                        # numbers were read at once): without a wait its time would be the CPU's queueing
-                        # time alone (tens of times the real speed at step 2).
-                        _synchronize(run.device)
-                    elapsed = time.perf_counter() - window_start
-                    record = run.metric_record(state.step, float("nan"), float("nan"), result.lr,
-                                               window_tokens, elapsed, window_data_s)
-                    record.update(memory_stats(run.device))
-                    state.elapsed_s += elapsed
-                    step_time = elapsed / window_steps
-                    window_start, window_steps, window_tokens, window_data_s = time.perf_counter(), 0, 0, 0.0
-                    window_synced = False
+                    mark = clock.mark()  # this step's work is queued: the device reaches it when done
+                    window = _Window(window_start, mark, window_steps, window_tokens, window_data_s,
+                                     memory_stats(run.device), {})
+                    window_start, window_steps, window_tokens, window_data_s = mark, 0, 0, 0.0
                     reset_peak_memory(run.device)
-                pending = _Pending(state.step, run.global_loss(result.loss), result.grad_norm, result.lr,
-                                   record, step_time if is_log else float("nan"))
+                pending = _Pending(state.step, run.global_loss(result.loss), result.grad_norm, result.lr, window)
                 if validate:
                     val = run.validate()
-                    if record is not None:
-                        record["validation_loss"] = val
+                    if window is not None:
+                        window.extra["validation_loss"] = val
                     else:
                         log.log_text(f"step {state.step}: validation loss {val:.4f}")
                 if will_save or validate or stopping or state.step == end or state.step == 1:
