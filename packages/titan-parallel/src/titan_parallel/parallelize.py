@@ -74,6 +74,7 @@ class CompileOptions:
     fullgraph: bool = True
     backend: str = "inductor"
     kwargs: dict = field(default_factory=dict)
+    memory_budget: float | None = None  # activation memory budget of each compiled unit (see apply_compile)
 
 
 def parallelize(
@@ -195,7 +196,8 @@ def parallelize(
         apply_ac(model, mode=ac.mode, layer_freq=ac.layer_freq, op_policy=ac.op_policy, units=units)
     if compile_opts is not None:
         apply_compile(model, units=units, fullgraph=compile_opts.fullgraph,
-                      backend=compile_opts.backend, eager=experts if moe else None, **compile_opts.kwargs)
+                      backend=compile_opts.backend, eager=experts if moe else None,
+                      memory_budget=compile_opts.memory_budget, **compile_opts.kwargs)
     with_experts = dict(experts=experts, expert_mesh=expert_dp_mesh,
                         expert_grad_divide=expert_grad_divide) if expert_dp_mesh is not None else {}
     if dp_mesh is not None:

@@ -256,11 +256,16 @@ def _check_moe(cfg: JobConfig, shape, dims: ParallelDims) -> None:
 
 def _ac(cfg: JobConfig) -> ACOptions | None:
     ac = cfg.activation_checkpoint
-    if ac.mode == "none":
+    if ac.mode in ("none", "memory_budget"):  # memory_budget: no wrappers, the compiled graphs decide
         return None
     if ac.mode == "selective" and ac.selective_ac_option != "op":
         return ACOptions(mode="selective", layer_freq=int(ac.selective_ac_option))
     return ACOptions(mode=ac.mode)
+
+
+def _memory_budget(cfg: JobConfig) -> float | None:
+    ac = cfg.activation_checkpoint
+    return ac.memory_budget if ac.mode == "memory_budget" else None
 
 
 def float8_options(cfg: JobConfig, spec) -> Float8Options | None:
@@ -285,8 +290,8 @@ def parallel_plan(cfg: JobConfig, dims: ParallelDims, device_type: str, precisio
         tp=dims.tp > 1, loss_parallel=dims.tp > 1 and not p.disable_loss_parallel and dims.pp == 1,
         async_tp=p.enable_async_tensor_parallel and dims.tp > 1,
         ulysses=dims.cp > 1 and p.context_parallel_method == "ulysses", ac=_ac(cfg),
-        compile=CompileOptions(backend=c.backend, kwargs=compile_kwargs(cfg)) if c.enable and "model" in c.components
-        else None,
+        compile=CompileOptions(backend=c.backend, kwargs=compile_kwargs(cfg), memory_budget=_memory_budget(cfg))
+        if c.enable and "model" in c.components else None,
         dp="fsdp" if fsdp else ("ddp" if dims.dp_replicate > 1 else None),
         fsdp=FSDPOptions(param_dtype=precision.param_dtype, reduce_dtype=precision.reduce_dtype,
                          reshard_after_forward=reshard, cpu_offload=cfg.training.enable_cpu_offload),

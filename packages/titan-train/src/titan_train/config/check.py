@@ -72,6 +72,15 @@ def check_config(c: JobConfig) -> None:
     if ratio is not None and not 0.0 <= ratio <= 1.0:
         raise ConfigError(f"lr_scheduler.decay_ratio = {ratio} must be within [0, 1] (0: no decay, the peak LR "
                           "after warm-up, as in torchtitan), or unset")
+    if c.activation_checkpoint.mode == "memory_budget":
+        budget = c.activation_checkpoint.memory_budget
+        if not 0.0 <= budget <= 1.0:
+            raise ConfigError(f"activation_checkpoint.memory_budget = {budget} must be within [0, 1] (0: recompute "
+                              "all the compiler can, 1: save everything)")
+        if not (c.compile.enable and "model" in c.compile.components):
+            raise ConfigError("activation_checkpoint.mode = 'memory_budget' needs compile.enable = true with 'model' "
+                              "in compile.components: the budget is applied by the compiler; without compile use "
+                              "mode = 'selective' or 'full'")
     opt = c.activation_checkpoint.selective_ac_option
     if c.activation_checkpoint.mode == "selective" and opt != "op" and not (opt.isdigit() and int(opt) > 0):
         raise ConfigError(f"activation_checkpoint.selective_ac_option = {opt!r}: use 'op' or a positive "

@@ -53,8 +53,8 @@ IGNORED: dict[str, str] = {
     "activation_checkpoint.determinism_check": "a torch.utils.checkpoint debug check",
     "activation_checkpoint.debug": "torch.utils.checkpoint debug logging",
     "activation_checkpoint.early_stop": "Titan uses torch's default (stop recomputing early)",
-    "activation_checkpoint.memory_budget": "only read by mode = 'memory_budget', which Titan has not",
-    "activation_checkpoint.visualize_memory_budget_pareto": "only read by mode = 'memory_budget'",
+    "activation_checkpoint.visualize_memory_budget_pareto": "a debugging plot of torch's partitioner, which Titan "
+                                                            "does not draw (mode = 'memory_budget' itself runs)",
     "checkpoint.initial_load_in_hf_quantized": "Titan finds FP8 block-quantized HF weights (weight_scale_inv) "
                                                "in the files and dequantizes them while loading",
 }

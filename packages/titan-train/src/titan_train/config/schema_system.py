@@ -49,8 +49,12 @@ class MoE:
 
 @dataclass
 class ActivationCheckpoint:
-    mode: str = opt("none", "recompute activations in backward", choices=("none", "selective", "full"))
+    mode: str = opt("none", "recompute activations in backward (memory_budget: the compiler picks what to "
+                            "recompute, see memory_budget)", choices=("none", "selective", "full", "memory_budget"))
     selective_ac_option: str = opt("op", "'op' (per-op save list) or an integer k (every k-th block)")
+    memory_budget: float = opt(0.5, "mode = 'memory_budget' (needs compile): each compiled block keeps this fraction "
+                                    "of the way from recomputing all it can (0) to saving everything (1); torch's "
+                                    "min-cut partitioner recomputes the cheapest rest")
 
 
 @dataclass

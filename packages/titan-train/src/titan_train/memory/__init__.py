@@ -32,7 +32,7 @@ def describe(layout: Layout) -> str:
     degrees = [f"{n} {v}" for n, v in (("DDP" if layout.ddp else "HSDP replicas", layout.dp_replicate),
                                          ("FSDP", layout.dp_shard), ("CP", layout.cp), ("TP", layout.tp),
                                          ("PP", layout.pp), ("EP", layout.run.dims.ep)) if v > 1]
-    ac = layout.ac_mode if layout.ac_mode != "selective" else f"selective {layout.ac_option}"
+    ac = f"{layout.ac_mode} {layout.ac_option}" if layout.ac_mode in ("selective", "memory_budget") else layout.ac_mode
     shape = layout.shape
     bits = [f"{layout.model_name} {shape.n_layers} layers dim {shape.dim} vocab {shape.vocab_size}",
             f"{layout.world_size} GPU(s)" + (f": {' x '.join(degrees)}" if degrees else ""),

@@ -236,12 +236,16 @@ def full_terms(s: ActShape) -> dict[str, float]:
 
 def layer_bytes(s: ActShape, mode: str, option: str = "op", *, compiled: bool = False, layers: int = 1) -> float:
     """Average bytes per token per layer over `layers` layers (selective k checkpoints layers
-    k, 2k, ...). mode: none | full | selective; option: 'op' or k."""
+    k, 2k, ...). mode: none | full | selective | memory_budget; option: 'op' or k, or the budget."""
     eager = sum(eager_terms(s, compiled=compiled).values())
     if mode == "none":
         return eager
     if mode == "full":
         return sum(full_terms(s).values())
+    if mode == "memory_budget":  # torch's partitioner goes the budget's fraction of the way from its
+        # minimum (taken as full AC's) to saving everything (measured linear on CPU: 0.5 halfway)
+        low = sum(full_terms(s).values())
+        return low + float(option) * (eager - low)
     if option == "op":
         return sum(selective_op_terms(s, compiled=compiled).values())
     k = int(option)
@@ -265,8 +269,12 @@ def backward_transient(s: ActShape, mode: str, option: str = "op", *, compiled: 
             return p * h / t + 0.25 * p * d + (2.4 * p * h / t if s.float8 else 0.0)
         return eager_work
     # selective k: the checkpointed layers (the others only add their working set) set the peak
-    kept = sum(selective_op_terms(s, compiled=compiled).values()) if mode == "selective" and option == "op" \
-        else sum(full_terms(s).values())
+    if mode == "memory_budget":
+        kept = layer_bytes(s, mode, option, compiled=compiled)
+    elif mode == "selective" and option == "op":
+        kept = sum(selective_op_terms(s, compiled=compiled).values())
+    else:
+        kept = sum(full_terms(s).values())
     return sum(eager_terms(s).values()) - kept + eager_work
 
 

@@ -189,7 +189,13 @@ def plan(cfg: JobConfig, world_size: int) -> Layout:
         ranks = (RankStages(0, (n,), True, True, 1, dense_blocks(run, [f"{spec.blocks}.{i}" for i in range(n)])),)
     o = cfg.optimizer
     return Layout(run=run, world_size=world_size, schedule=schedule, ranks=ranks,
-                  ac_mode=cfg.activation_checkpoint.mode, ac_option=str(cfg.activation_checkpoint.selective_ac_option),
+                  ac_mode=cfg.activation_checkpoint.mode, ac_option=_ac_option(cfg),
                   compile_loss=cfg.compile.enable and "loss" in cfg.compile.components,
                   loss_chunk=cfg.training.loss_chunk_size, optimizer=o.name,
                   optimizer_impl=o.implementation, momentum=o.name != "SGD" or 0 < o.beta1 < 1, vocab_note=vocab_note)
+
+
+def _ac_option(cfg: JobConfig) -> str:
+    """'op' or k for selective AC; the budget for mode = 'memory_budget'."""
+    ac = cfg.activation_checkpoint
+    return str(ac.memory_budget) if ac.mode == "memory_budget" else str(ac.selective_ac_option)
